@@ -1,0 +1,255 @@
+"""``PersistenceCallback``: persistence barcodes of the soft prompt, recorded during training.
+
+The paper runs TDA on the prompt every 20 epochs and records inference accuracy beside it
+(section V-B); this callback does that for any ``Trainer`` on a peft prompt-learning model.
+Snapshots are taken at the start of training, on the schedule (``every_n_steps`` and/or
+``every_n_epochs``), at the last step, and at the end if training stopped early; each goes to
+``<output_dir>/topology/`` in the format of :mod:`hf_tsprompt.records`.
+
+**Logging.** A snapshot's summary is logged as ``topo/<metric>`` (``topo/h1_count``,
+``topo/entropy``, ``topo/accuracy``...). A callback's ``on_log`` runs *after* the reporting
+integrations have received the logs, so the metrics are handed over earlier:
+:class:`~hf_tsprompt.TopologicalPromptTrainer` merges them in its ``log()``; with any other
+``Trainer``, call :meth:`PersistenceCallback.attach` (it puts the callback first, so its
+``on_log`` adds the metrics before TensorBoard / W&B see them).
+
+**Resume.** On ``resume_from_checkpoint`` the records after the checkpoint's step (written by
+the interrupted run) are dropped and re-taken, so the record has no duplicate and no gap.
+
+**Distributed.** Only the world main process computes and writes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .errors import ConfigError
+from .prompts import prompt_matrix
+from .records import (
+    make_record,
+    prompt_file_name,
+    topology_dir,
+    truncate_records,
+    write_snapshot,
+)
+from .topology import persistence
+
+#: Summary keys sent to the trainer's logs (as ``topo/<key>``).
+LOGGED_KEYS: tuple[str, ...] = (
+    "h0_count",
+    "h1_count",
+    "h0_mean_lifespan",
+    "h1_mean_lifespan",
+    "h0_max_lifespan",
+    "h1_max_lifespan",
+    "entropy",
+    "h0_entropy",
+    "h1_entropy",
+    "h1_density",
+    "point_density",
+)
+
+EvalFn = Callable[[Any], "float | Mapping[str, Any]"]
+
+
+def _check_every(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive int or None, got {value!r}.")
+    return value
+
+
+class PersistenceCallback(TrainerCallback):
+    """Record the prompt's Vietoris-Rips persistence (H0, H1) during training.
+
+    Args:
+        every_n_steps: snapshot every this many optimiser steps (None: no step schedule).
+        every_n_epochs: snapshot at the end of every this many epochs (None: no epoch schedule).
+        evaluate: optional ``fn(model) -> accuracy`` (a float, or a mapping with ``accuracy``
+            and optionally ``correct`` / ``total``), called at every snapshot on the main
+            process; the paper's accuracy-at-snapshot pairs of Table II. See
+            :func:`hf_tsprompt.evaluation.task_evaluator` for one built from a dataset adapter.
+        adapter: the peft adapter whose prompt is recorded (default: the active one).
+        save_prompts: also save the raw prompt matrix (needed for heatmaps, PCA, t-SNE).
+        maxdim: highest homology dimension (1: H0 and H1, as in the paper).
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = 20,
+        every_n_epochs: int | None = None,
+        *,
+        evaluate: EvalFn | None = None,
+        adapter: str | None = None,
+        save_prompts: bool = True,
+        maxdim: int = 1,
+    ) -> None:
+        self.every_n_steps = _check_every("every_n_steps", every_n_steps)
+        self.every_n_epochs = _check_every("every_n_epochs", every_n_epochs)
+        if evaluate is not None and not callable(evaluate):
+            raise ConfigError(
+                f"evaluate must be a callable fn(model) -> accuracy, got {type(evaluate).__name__}."
+            )
+        self.evaluate = evaluate
+        self.adapter = adapter
+        self.save_prompts = save_prompts
+        self.maxdim = maxdim
+        self._recorded: set[int] = set()
+        self._pending: dict[str, float] = {}
+        self._dir: Path | None = None
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def attach(self, trainer: Any) -> PersistenceCallback:
+        """Add this callback to ``trainer`` as its *first* callback and return it.
+
+        First, so that its ``on_log`` puts the ``topo/*`` metrics into the logs before the
+        reporting integrations (TensorBoard, W&B) read them. Needed for a plain ``Trainer``
+        only; ``TopologicalPromptTrainer`` merges them in ``log()`` wherever the callback is.
+        """
+        handler = trainer.callback_handler
+        if self in handler.callbacks:
+            handler.callbacks.remove(self)
+        handler.callbacks.insert(0, self)
+        return self
+
+    def pop_pending_logs(self) -> dict[str, float]:
+        """The ``topo/*`` metrics of snapshots not yet logged (and forget them)."""
+        out, self._pending = self._pending, {}
+        return out
+
+    # -- events ------------------------------------------------------------------------------
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self._dir = topology_dir(args.output_dir)
+        self._recorded = set()
+        self._pending = {}
+        if not state.is_world_process_zero:
+            return
+        if state.global_step > 0:
+            # Resuming: forget what the interrupted run recorded after its checkpoint; the
+            # schedule re-takes those snapshots, so the record equals an uninterrupted run's.
+            kept = truncate_records(self._dir, state.global_step)
+            self._recorded = {r["step"] for r in kept}
+            return
+        # A fresh run into a folder with old records starts the record over.
+        truncate_records(self._dir, -1)
+        self._snapshot(model, state, "train_begin")
+
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        step = state.global_step
+        due = bool(self.every_n_steps and step % self.every_n_steps == 0)
+        last = state.max_steps > 0 and step >= state.max_steps
+        if due or last:
+            if state.is_world_process_zero:
+                self._snapshot(model, state, "step")
+            # Make the Trainer log at this step so the topo/* metrics reach the integrations.
+            control.should_log = True
+
+    def on_epoch_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not self.every_n_epochs or state.epoch is None:
+            return
+        if round(state.epoch) % self.every_n_epochs == 0:
+            if state.is_world_process_zero:
+                self._snapshot(model, state, "epoch")
+            control.should_log = True
+
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if state.is_world_process_zero:
+            self._snapshot(model, state, "train_end")
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if logs is not None and self._pending:
+            logs.update(self.pop_pending_logs())
+
+    # -- work --------------------------------------------------------------------------------
+
+    def _snapshot(self, model: Any, state: TrainerState, event: str) -> None:
+        step = int(state.global_step)
+        if model is None or self._dir is None or step in self._recorded:
+            return
+        t0 = time.perf_counter()
+        P = prompt_matrix(model, self.adapter).detach().float().cpu().numpy()
+        result = persistence(P, maxdim=self.maxdim)
+        compute_s = time.perf_counter() - t0
+        accuracy, eval_info = self._run_eval(model)
+        record = make_record(
+            step=step,
+            epoch=state.epoch,
+            event=event,
+            result=result,
+            prompt_file=prompt_file_name(step) if self.save_prompts else None,
+            time=time.time(),
+            accuracy=accuracy,
+            eval_info=eval_info,
+        )
+        record["compute_seconds"] = compute_s
+        write_snapshot(self._dir, record, P if self.save_prompts else None)
+        self._recorded.add(step)
+        summary = record["summary"]
+        self._pending = {f"topo/{k}": float(summary[k]) for k in LOGGED_KEYS}
+        if accuracy is not None:
+            self._pending["topo/accuracy"] = float(accuracy)
+
+    def _run_eval(self, model: Any) -> tuple[float | None, dict[str, Any] | None]:
+        if self.evaluate is None:
+            return None, None
+        was_training = model.training
+        model.eval()
+        try:
+            out = self.evaluate(model)
+        finally:
+            model.train(was_training)
+        if isinstance(out, Mapping):
+            if "accuracy" not in out:
+                raise ConfigError("evaluate() returned a mapping without an 'accuracy' key.")
+            extra = {k: out[k] for k in ("correct", "total") if k in out}
+            return float(out["accuracy"]), extra or None
+        if isinstance(out, (int, float, np.floating)) and not isinstance(out, bool):
+            return float(out), None
+        raise ConfigError(
+            f"evaluate() must return a float accuracy or a mapping with 'accuracy', got "
+            f"{type(out).__name__}."
+        )

@@ -1,0 +1,296 @@
+"""Persistent homology of a soft prompt's point cloud (paper section III, supplement A-C).
+
+Pure numpy / scipy / ripser: the Vietoris-Rips filtration (Eq. 7) of the n prompt vectors,
+its H0 and H1 persistence diagrams, and the summaries of Table I:
+
+- counts ``|H0|``, ``|H1|``;
+- lifespans ``l_i = d_i - b_i``, their mean and maximum (supplement A);
+- persistence entropy ``PE = -sum_i (l_i / L) log(l_i / L)``, ``L = sum_i l_i`` (Eq. 10 / 12,
+  natural log), per dimension and over H0 and H1 together;
+- ``h1_density`` and ``point_density`` for Fig. 2a (defined in :meth:`PersistenceResult.summary`).
+
+**The infinite H0 bar.** One H0 class (the whole cloud once connected) never dies. It is
+counted in ``h0_count`` (so ``h0_count`` is the number of distinct points, the paper's
+``|H0| >= 1``) and kept in ``diagrams[0]`` with death ``inf``, but it is excluded from every
+lifespan statistic and every entropy: its lifespan is undefined, and capping it at an arbitrary
+scale (the diameter, say) would make the statistics depend on the cap. All lifespan statistics
+are over finite bars only, everywhere in this library.
+
+**Degenerate input.** ripser drops zero-length bars, so duplicate points simply lower
+``h0_count``; statistics over an empty set of bars are 0.0 (not NaN), and the entropy of a
+set of zero total lifespan is 0.0.
+
+Distances are computed in float64 with ``scipy.spatial.distance.pdist`` and handed to ripser as
+a distance matrix (``distance_matrix=True``): prompts have n < d, where ripser on raw points warns
+and is slower. ripser works in float32 internally, so diagram values are float32-exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.sparse.csgraph import minimum_spanning_tree
+from scipy.spatial.distance import pdist, squareform
+
+SUMMARY_KEYS: tuple[str, ...] = (
+    "n_points",
+    "h0_count",
+    "h1_count",
+    "h0_mean_lifespan",
+    "h0_max_lifespan",
+    "h0_total_lifespan",
+    "h0_death_variance",
+    "h1_mean_lifespan",
+    "h1_max_lifespan",
+    "h1_total_lifespan",
+    "h0_entropy",
+    "h1_entropy",
+    "entropy",
+    "h1_density",
+    "point_density",
+)
+
+
+def _as_numpy_cloud(X: Any) -> np.ndarray:
+    """Accept a numpy array, a torch tensor (any dtype/device, with or without grad) or a list."""
+    if hasattr(X, "detach") and hasattr(X, "cpu"):
+        # numpy has no bfloat16: go through float32 for any torch tensor.
+        X = X.detach().cpu().float().numpy()
+    arr = np.asarray(X, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"a point cloud must be 2-D (n_points, dim), got shape {arr.shape}; pass one prompt "
+            "matrix at a time."
+        )
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(
+            f"a point cloud needs at least one point and one dimension, got {arr.shape}."
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError("the point cloud contains NaN or Inf values; persistence is undefined.")
+    return arr
+
+
+def distance_matrix(X: Any) -> np.ndarray:
+    """Euclidean distance matrix (float64, exact zeros for duplicate rows)."""
+    arr = _as_numpy_cloud(X)
+    if arr.shape[0] == 1:
+        return np.zeros((1, 1))
+    return squareform(pdist(arr))
+
+
+def persistence_entropy(lifespans: np.ndarray) -> float:
+    """Eq. 10 / 12: ``-sum p_i log p_i`` with ``p_i = l_i / sum_j l_j`` (natural log).
+
+    Zero-length bars contribute nothing (``0 log 0 = 0``); an empty or all-zero set gives 0.0.
+    """
+    life = np.asarray(lifespans, dtype=np.float64)
+    life = life[np.isfinite(life) & (life > 0)]
+    total = life.sum()
+    if life.size == 0 or total <= 0:
+        return 0.0
+    p = life / total
+    return float(-(p * np.log(p)).sum())
+
+
+def finite_lifespans(diagram: np.ndarray) -> np.ndarray:
+    """Lifespans ``death - birth`` of the finite bars of one diagram (infinite bars dropped)."""
+    dgm = np.asarray(diagram, dtype=np.float64).reshape(-1, 2)
+    finite = np.isfinite(dgm[:, 1])
+    return dgm[finite, 1] - dgm[finite, 0]
+
+
+def _stats(life: np.ndarray) -> tuple[float, float, float]:
+    if life.size == 0:
+        return 0.0, 0.0, 0.0
+    return float(life.mean()), float(life.max()), float(life.sum())
+
+
+@dataclass
+class PersistenceResult:
+    """Vietoris-Rips persistence of one point cloud.
+
+    Attributes:
+        diagrams: ``[H0, H1, ...]``, each a (k x 2) float64 array of (birth, death); H0 holds the
+            one infinite bar (death ``inf``) last.
+        n_points: number of points n.
+        dim: ambient dimension d.
+        nn_distances: each point's nearest-neighbour distance (for ``point_density``).
+    """
+
+    diagrams: list[np.ndarray]
+    n_points: int
+    dim: int
+    nn_distances: np.ndarray = field(repr=False)
+
+    def summary(self) -> dict[str, float]:
+        """The topology metrics of Table I / Table II / Fig. 2, as plain floats.
+
+        Keys (``SUMMARY_KEYS``): ``n_points``; ``h0_count`` (all H0 bars, the infinite one
+        included) and ``h1_count``; for k in {0, 1}: ``hk_mean_lifespan``, ``hk_max_lifespan``,
+        ``hk_total_lifespan`` and ``hk_entropy`` over finite bars; ``h0_death_variance`` (the
+        variance of the finite H0 death times, the quantity L_H0 approximates, supplement B
+        Eq. 11); ``entropy``, the persistence entropy of all finite H0 and H1 bars together
+        (the paper's PE in Table II and Fig. 2b).
+
+        ``h1_density`` is the number of H1 features per point, ``h1_count / n``: the empirical
+        intensity of the H1 persistence diagram normalised by sample size (the persistence
+        intensity of Chen, Wang & Wasserman, "Statistical analysis of persistence intensity
+        functions", 2015, integrated over the diagram). ``point_density`` is the inverse mean
+        nearest-neighbour distance, ``1 / mean_i min_{j != i} D_ij``, the k = 1 nearest-neighbour
+        density estimate up to a constant (Loftsgaarden & Quesenberry, 1965). The paper's Fig. 2a
+        contrasts the two: H1 density falls while point-cloud density barely moves.
+        """
+        h0 = finite_lifespans(self.diagrams[0])
+        h1 = finite_lifespans(self.diagrams[1]) if len(self.diagrams) > 1 else np.zeros(0)
+        h0_mean, h0_max, h0_total = _stats(h0)
+        h1_mean, h1_max, h1_total = _stats(h1)
+        h0_deaths = self.diagrams[0][np.isfinite(self.diagrams[0][:, 1]), 1]
+        mean_nn = float(self.nn_distances.mean()) if self.nn_distances.size else 0.0
+        h1_count = len(self.diagrams[1]) if len(self.diagrams) > 1 else 0
+        return {
+            "n_points": float(self.n_points),
+            "h0_count": float(len(self.diagrams[0])),
+            "h1_count": float(h1_count),
+            "h0_mean_lifespan": h0_mean,
+            "h0_max_lifespan": h0_max,
+            "h0_total_lifespan": h0_total,
+            "h0_death_variance": float(h0_deaths.var()) if h0_deaths.size else 0.0,
+            "h1_mean_lifespan": h1_mean,
+            "h1_max_lifespan": h1_max,
+            "h1_total_lifespan": h1_total,
+            "h0_entropy": persistence_entropy(h0),
+            "h1_entropy": persistence_entropy(h1),
+            "entropy": persistence_entropy(np.concatenate([h0, h1])),
+            "h1_density": h1_count / self.n_points,
+            "point_density": 1.0 / mean_nn if mean_nn > 0 else 0.0,
+        }
+
+    def diagrams_as_lists(self) -> list[list[list[float | None]]]:
+        """JSON-friendly diagrams: ``inf`` deaths become ``None``."""
+        return [
+            [[float(b), None if not np.isfinite(d) else float(d)] for b, d in dgm]
+            for dgm in self.diagrams
+        ]
+
+
+def diagrams_from_lists(lists: list[list[list[float | None]]]) -> list[np.ndarray]:
+    """Inverse of :meth:`PersistenceResult.diagrams_as_lists` (``None`` -> ``inf``)."""
+    out = []
+    for dgm in lists:
+        arr = np.array([[b, np.inf if d is None else d] for b, d in dgm], dtype=np.float64).reshape(
+            -1, 2
+        )
+        out.append(arr)
+    return out
+
+
+def _sorted_h0(dgm: np.ndarray) -> np.ndarray:
+    """Finite bars by death time, then the infinite bar last."""
+    dgm = np.asarray(dgm, dtype=np.float64).reshape(-1, 2)
+    finite = dgm[np.isfinite(dgm[:, 1])]
+    infinite = dgm[~np.isfinite(dgm[:, 1])]
+    return np.concatenate([finite[np.argsort(finite[:, 1], kind="stable")], infinite])
+
+
+def persistence(X: Any, maxdim: int = 1, *, is_distance_matrix: bool = False) -> PersistenceResult:
+    """Vietoris-Rips persistence diagrams H0..H_maxdim of a point cloud (supplement A).
+
+    Args:
+        X: (n x d) point cloud: numpy array or torch tensor (detached and moved to CPU here),
+            or an (n x n) distance matrix with ``is_distance_matrix=True``.
+        maxdim: highest homology dimension (1 = H0 and H1, as in the paper).
+
+    Returns:
+        :class:`PersistenceResult`; call ``.summary()`` for the metrics.
+    """
+    from ripser import ripser
+
+    if not isinstance(maxdim, int) or maxdim < 0:
+        raise ValueError(f"maxdim must be a non-negative int, got {maxdim!r}.")
+    if is_distance_matrix:
+        D = _as_numpy_cloud(X)
+        if D.shape[0] != D.shape[1] or not np.allclose(D, D.T) or (D < 0).any():
+            raise ValueError("a distance matrix must be square, symmetric and non-negative.")
+        dim = 0
+    else:
+        arr = _as_numpy_cloud(X)
+        D = distance_matrix(arr)
+        dim = arr.shape[1]
+    n = D.shape[0]
+    if n == 1:
+        dgms = [np.array([[0.0, np.inf]])] + [np.zeros((0, 2)) for _ in range(maxdim)]
+        return PersistenceResult(dgms, 1, dim, np.zeros(0))
+    dgms = ripser(D, maxdim=maxdim, distance_matrix=True)["dgms"]
+    dgms = [np.asarray(d, dtype=np.float64).reshape(-1, 2) for d in dgms]
+    dgms[0] = _sorted_h0(dgms[0])
+    for k in range(1, len(dgms)):
+        order = np.lexsort((dgms[k][:, 1], dgms[k][:, 0]))
+        dgms[k] = dgms[k][order]
+    off = D + np.diag(np.full(n, np.inf))
+    return PersistenceResult(dgms, n, dim, off.min(axis=1))
+
+
+@dataclass
+class PersistencePairs:
+    """The edges (i, j) of the distance matrix that give each finite bar its birth and death.
+
+    Attributes:
+        h0_death_edges: (n-1 x 2) minimum-spanning-tree edges, one per finite H0 bar (all
+            H0 births are 0, at a vertex).
+        h1_birth_edges: (k x 2) for each H1 bar, the edge whose appearance creates the loop.
+        h1_death_edges: (k x 2) the longest edge of the triangle that fills it.
+        h1_diagram: (k x 2) the H1 (birth, death) pairs, in the same order.
+    """
+
+    h0_death_edges: np.ndarray
+    h1_birth_edges: np.ndarray
+    h1_death_edges: np.ndarray
+    h1_diagram: np.ndarray
+
+
+def persistence_pairs(D: np.ndarray) -> PersistencePairs:
+    """Map H0 and H1 bars back to the edges of ``D`` that carry their birth and death values.
+
+    H0: the finite H0 death times of a Rips filtration are exactly the minimum spanning tree's
+    edge weights, so the MST (scipy) gives the death edges. H1: ripser reports values, not
+    edges; each value is the float32 length of some edge, so it is matched back to the edge
+    with that float32 length. At ties (several edges of equal length) the lowest (i, j) in
+    row-major order is taken: one valid choice of subgradient, always finite.
+    """
+    from ripser import ripser
+
+    D = np.asarray(D, dtype=np.float64)
+    n = D.shape[0]
+    # scipy treats 0 as "no edge": give duplicate points a tiny positive weight so the tree spans
+    # all points; the weight itself is read from D by the caller.
+    w = np.where(D > 0, D, np.finfo(np.float64).tiny)
+    np.fill_diagonal(w, 0.0)
+    mst = minimum_spanning_tree(w).tocoo()
+    h0 = np.stack([mst.row, mst.col], axis=1).astype(np.int64) if n > 1 else np.zeros((0, 2), int)
+    h0 = h0[np.argsort(D[h0[:, 0], h0[:, 1]], kind="stable")] if len(h0) else h0
+
+    if n < 3:
+        empty = np.zeros((0, 2), dtype=np.int64)
+        return PersistencePairs(h0, empty, empty, np.zeros((0, 2)))
+    dgm1 = np.asarray(ripser(D, maxdim=1, distance_matrix=True)["dgms"][1], dtype=np.float64)
+    iu, ju = np.triu_indices(n, k=1)
+    vals = D[iu, ju].astype(np.float32)
+    order = np.argsort(vals, kind="stable")
+    sorted_vals = vals[order]
+
+    def edges_for(values: np.ndarray) -> np.ndarray:
+        v = values.astype(np.float32)
+        pos = np.clip(np.searchsorted(sorted_vals, v, side="left"), 0, len(sorted_vals) - 1)
+        # Nearest neighbour in the sorted list, in case ripser's float32 differs by one ulp.
+        prev = np.clip(pos - 1, 0, len(sorted_vals) - 1)
+        pick = np.where(np.abs(sorted_vals[prev] - v) < np.abs(sorted_vals[pos] - v), prev, pos)
+        k = order[pick]
+        return np.stack([iu[k], ju[k]], axis=1).astype(np.int64)
+
+    if len(dgm1) == 0:
+        empty = np.zeros((0, 2), dtype=np.int64)
+        return PersistencePairs(h0, empty, empty, np.zeros((0, 2)))
+    return PersistencePairs(h0, edges_for(dgm1[:, 0]), edges_for(dgm1[:, 1]), dgm1)

@@ -1,0 +1,335 @@
+"""``TopologicalPromptTrainer``: a transformers ``Trainer`` that adds TSLoss to cross-entropy.
+
+The objective of section V-B: ``L_total = L_ce + lambda_ts * L_ts`` with
+``L_ts = beta_H0 L_H0 + beta_H1 L_H1`` (Eq. 6, :func:`hf_tsprompt.losses.ts_loss`) on the soft
+prompt P (:func:`hf_tsprompt.prompts.prompt_matrix`). The baselines of Table III that are a loss
+on P (``l2``, ``pdloss``) and plain CE (``none``) are the same trainer with another
+``ts_regularizer``.
+
+Layout follows TRL: the config (a ``TrainingArguments`` subclass with documented ``ts_*``
+fields) sits beside the trainer; extra metrics are collected in ``self._metrics`` inside
+``compute_loss`` and averaged into the logs by an overridden ``log()``, so TensorBoard / W&B
+receive them (a callback's ``on_log`` runs after the reporting integrations have written).
+
+**Gradient accumulation and world size.** ``Trainer`` divides the returned loss by the
+number of accumulation steps only when the CE is *not* already normalised by
+``num_items_in_batch`` (``loss_is_scaled_for_ga`` / ``model_accepts_loss_kwargs``), and with
+``average_tokens_across_devices`` it multiplies the CE by the number of processes before DDP
+averages the gradients. The regulariser is the same on every micro-batch and every rank (the
+prompt only changes at the optimiser step), so it is added *after* ``super().compute_loss`` and
+divided by the accumulation steps exactly when the Trainer will not do it. Its gradient per
+optimiser step is then ``lambda_ts * grad L_ts`` for any accumulation and any world size.
+
+**The CE is the Trainer's, unchanged** (``ts_weight=0`` trains bit for bit like ``Trainer``).
+Note a quirk it inherits: ``Trainer`` counts ``num_items_in_batch`` over ``labels[:, 1:]``,
+assuming position 0 is never a prediction target; peft's prompt tuning and P-tuning prepend
+the virtual tokens, which makes position 0 a target. The logged CE is therefore the token sum
+divided by one token fewer per sequence than the model's own mean (a constant factor, like a
+slightly larger learning rate); we keep it so that comparisons against plain ``Trainer`` runs
+stay exact.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+from trl import SFTConfig, SFTTrainer
+
+from .errors import ConfigError
+from .losses import REGULARIZERS, VARIANTS, l2_loss, pairwise_distance_loss, ts_loss
+from .prompts import get_prompt_peft_model, prompt_matrix
+
+
+@dataclass
+class TSArguments:
+    """The ``ts_*`` fields shared by :class:`TopologicalPromptConfig` and the TRL variant.
+
+    Paper symbols in brackets; defaults follow section V-B where the paper gives a value.
+    """
+
+    ts_regularizer: str = field(
+        default="tsloss",
+        metadata={
+            "help": "Regulariser on the soft prompt: 'tsloss' (the paper, Eq. 6), 'l2' (+L2-Reg "
+            "baseline), 'pdloss' (+PDLoss baseline) or 'none' (plain cross-entropy)."
+        },
+    )
+    ts_weight: float = field(
+        default=1.0,
+        metadata={"help": "[lambda_ts] Weight of the regulariser: L = L_ce + ts_weight * L_reg."},
+    )
+    ts_beta_h0: float = field(default=1.0, metadata={"help": "[beta_H0] Weight of L_H0 (Eq. 6)."})
+    ts_beta_h1: float = field(default=1.0, metadata={"help": "[beta_H1] Weight of L_H1 (Eq. 6)."})
+    ts_tau: float = field(
+        default=0.1,
+        metadata={"help": "[tau] Temperature of the soft nearest-neighbour distance (Eq. 1)."},
+    )
+    ts_alpha: float = field(
+        default=10.0,
+        metadata={"help": "[alpha] Sharpness of the soft quantiles delta, zeta (Eq. 5)."},
+    )
+    ts_lambda_repel: float = field(
+        default=1.0, metadata={"help": "[lambda_repel] Weight of the repulsion term (Eq. 3)."}
+    )
+    ts_lambda_attract: float = field(
+        default=1.0, metadata={"help": "[lambda_attract] Weight of the attraction term (Eq. 3)."}
+    )
+    ts_variant: str = field(
+        default="soft",
+        metadata={
+            "help": "'soft' (the paper's soft nearest-neighbour / soft-quantile form) or 'exact' "
+            "(true persistence pairs, see hf_tsprompt.losses.exact_ts_terms)."
+        },
+    )
+    ts_adapter: str | None = field(
+        default=None,
+        metadata={"help": "peft adapter whose prompt is regularised (default: the active one)."},
+    )
+
+    def validate_ts(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad ``ts_*`` field."""
+        if self.ts_regularizer not in REGULARIZERS:
+            raise ConfigError(
+                f"ts_regularizer={self.ts_regularizer!r} is unknown; choose one of "
+                f"{', '.join(REGULARIZERS)}."
+            )
+        if self.ts_variant not in VARIANTS:
+            raise ConfigError(
+                f"ts_variant={self.ts_variant!r} is unknown; choose one of {', '.join(VARIANTS)}."
+            )
+        weights = ("ts_weight", "ts_beta_h0", "ts_beta_h1", "ts_lambda_repel", "ts_lambda_attract")
+        for name in weights:
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}.")
+        for name in ("ts_tau", "ts_alpha"):
+            value = getattr(self, name)
+            if not _is_number(value) or value <= 0:
+                raise ConfigError(f"{name} must be a number > 0, got {value!r}.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+@dataclass
+class TopologicalPromptConfig(TrainingArguments, TSArguments):
+    """``TrainingArguments`` plus the ``ts_*`` fields of :class:`TSArguments`.
+
+    Everything else (optimiser, schedule, batch size, logging, ``report_to``) is transformers'
+    own and behaves exactly as documented there.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate_ts()
+
+
+class TopologicalLossMixin:
+    """``compute_loss`` / ``log`` additions shared by the Trainer and the TRL variant."""
+
+    args: Any
+    accelerator: Any
+    model: Any
+
+    def _init_topological(self) -> None:
+        # Fail at construction (not mid-training) on a model without a soft prompt.
+        get_prompt_peft_model(self.model, self.args.ts_adapter)
+        if getattr(self.args, "gradient_checkpointing", False):
+            _, _, cfg = get_prompt_peft_model(self.model, self.args.ts_adapter)
+            kind = getattr(cfg.peft_type, "value", str(cfg.peft_type))
+            if kind == "PREFIX_TUNING":
+                raise ConfigError(
+                    "gradient_checkpointing=True does not work with prefix tuning / P-tuning "
+                    "v2: the prefix enters every layer as a key/value cache, which checkpointed "
+                    "layers do not accept. Set gradient_checkpointing=False (prefixes are small; "
+                    "memory is rarely the issue), or use prompt tuning."
+                )
+            # Frozen input embeddings give checkpointed blocks no input that requires grad.
+            self.model.enable_input_require_grads()
+        if not hasattr(self, "_metrics"):
+            self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def regularizer(self, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        """The unweighted regulariser L_reg on the prompt of ``model`` and its parts for logging."""
+        args = self.args
+        unwrapped = self.accelerator.unwrap_model(model)
+        P = prompt_matrix(unwrapped, args.ts_adapter)
+        device_type = P.device.type if P.device.type in ("cpu", "cuda", "xpu", "mps") else "cpu"
+        # The regulariser is computed in float32 whatever the model's mixed-precision setting.
+        with torch.autocast(device_type=device_type, enabled=False):
+            if args.ts_regularizer == "tsloss":
+                out = ts_loss(
+                    P,
+                    tau=args.ts_tau,
+                    alpha=args.ts_alpha,
+                    beta_h0=args.ts_beta_h0,
+                    beta_h1=args.ts_beta_h1,
+                    lambda_repel=args.ts_lambda_repel,
+                    lambda_attract=args.ts_lambda_attract,
+                    variant=args.ts_variant,
+                )
+                parts = out.detached()
+                return out.total, {
+                    "ts_h0": parts["h0"],
+                    "ts_h1": parts["h1"],
+                    "ts_delta": parts["delta"],
+                    "ts_zeta": parts["zeta"],
+                }
+            if args.ts_regularizer == "l2":
+                return l2_loss(P), {}
+            if args.ts_regularizer == "pdloss":
+                return pairwise_distance_loss(P), {}
+        return P.new_zeros((), dtype=torch.float32), {}
+
+    def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
+        """Mirror of ``Trainer.training_step``'s decision whether to divide the loss by GA."""
+        flag = getattr(self, "loss_is_scaled_for_ga", None)
+        if flag is not None:
+            return bool(flag)
+        return bool(
+            (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None)
+            or getattr(self, "compute_loss_func", None) is not None
+        )
+
+    def _add_regularizer(
+        self, model: torch.nn.Module, ce: torch.Tensor, num_items_in_batch: Any
+    ) -> torch.Tensor:
+        mode = "train" if model.training else "eval"
+        scaled = self._loss_is_scaled_for_ga(num_items_in_batch)
+        ga = (
+            getattr(self, "current_gradient_accumulation_steps", None)
+            or self.args.gradient_accumulation_steps
+        )
+        # The CE this micro-batch contributes to the logged (per optimiser step) loss.
+        ce_log = ce.detach().float() * (ga if scaled and mode == "train" else 1)
+        self._metrics[mode]["loss_ce"].append(self._mean_across_processes(ce_log))
+        if mode != "train" or self.args.ts_regularizer == "none":
+            return ce
+        reg, parts = self.regularizer(model)
+        self._metrics[mode]["loss_ts"].append(float(reg.detach()))
+        for key, value in parts.items():
+            self._metrics[mode][key].append(value)
+        weight = self.args.ts_weight / (ga if scaled else 1)
+        if weight == 0:
+            return ce
+        return ce + weight * reg.to(ce.dtype)
+
+    def _mean_across_processes(self, value: torch.Tensor) -> float:
+        if getattr(self.accelerator, "num_processes", 1) > 1:
+            value = self.accelerator.gather(value.reshape(1).to(self.accelerator.device)).mean()
+        return float(value)
+
+    def _merge_metrics(self, logs: dict[str, float]) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        for key, value in metrics.items():
+            logs.setdefault(key, value)
+        self._metrics[mode].clear()
+        for cb in self.callback_handler.callbacks:  # type: ignore[attr-defined]
+            pop = getattr(cb, "pop_pending_logs", None)
+            if callable(pop):
+                logs.update(pop())
+
+
+class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
+    """A drop-in ``Trainer`` for peft prompt-learning models that adds TSLoss to the CE.
+
+    Same constructor as ``transformers.Trainer``; pass a :class:`TopologicalPromptConfig` as
+    ``args`` (a plain ``TrainingArguments`` is upgraded with default ``ts_*`` values). Logs
+    ``loss_ce``, ``loss_ts``, ``ts_h0``, ``ts_h1``, ``ts_delta`` and ``ts_zeta`` beside ``loss``.
+
+    Raises:
+        ValueError: at construction, if the model is not a peft prompt-learning model (e.g. LoRA)
+            or a ``ts_*`` value is invalid.
+    """
+
+    def __init__(self, model: Any = None, args: TrainingArguments | None = None, **kwargs: Any):
+        args = _upgrade_args(args, TopologicalPromptConfig)
+        super().__init__(model=model, args=args, **kwargs)
+        self._init_topological()
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ):
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        loss = self._add_regularizer(model, loss, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._merge_metrics(logs)
+        super().log(logs, start_time)
+
+
+def _upgrade_args(args: Any, cls: type) -> Any:
+    """Accept a plain ``TrainingArguments`` (default ``ts_*`` values) or None (like Trainer)."""
+    if args is None:
+        return cls(output_dir="tmp_trainer")
+    if isinstance(args, TSArguments):
+        args.validate_ts()
+        return args
+    if isinstance(args, TrainingArguments):
+        # Re-run the dataclass constructor on the user's own field values (not to_dict(), which
+        # serialises enums and drops non-init state).
+        from dataclasses import fields
+
+        values = {f.name: getattr(args, f.name) for f in fields(args) if f.init}
+        return cls(**values)
+    raise ConfigError(
+        f"args must be a TrainingArguments / TopologicalPromptConfig, got {type(args).__name__}."
+    )
+
+
+@dataclass
+class TopologicalSFTConfig(SFTConfig, TSArguments):
+    """TRL's ``SFTConfig`` plus the ``ts_*`` fields of :class:`TSArguments`.
+
+    One default differs from TRL: ``bf16=None`` resolves to False when no bf16-capable GPU is
+    present (TRL's True refuses to start on a CPU-only machine: "Your setup doesn't support
+    bf16/gpu"). Set ``bf16=True`` explicitly for bf16 autocast on CPU.
+    """
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        super().__post_init__()
+        self.validate_ts()
+
+
+class TopologicalSFTTrainer(TopologicalLossMixin, SFTTrainer):
+    """TRL's ``SFTTrainer`` with the regulariser added to its loss.
+
+    Same constructor as ``trl.SFTTrainer`` (pass a peft prompt-learning model, or a base model
+    with ``peft_config=PromptTuningConfig(...)``). TRL's own metrics (entropy, token accuracy)
+    and ours share TRL's ``self._metrics`` / ``log()`` mechanism.
+    """
+
+    def __init__(self, model: Any = None, args: Any = None, **kwargs: Any):
+        args = _upgrade_args(args, TopologicalSFTConfig)
+        super().__init__(model=model, args=args, **kwargs)
+        self._init_topological()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        loss, outputs = result if return_outputs else (result, None)
+        loss = self._add_regularizer(model, loss, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # SFTTrainer.log merges TRL's metrics from the same self._metrics afterwards.
+        self._merge_metrics(logs)
+        super().log(logs, start_time)

@@ -1,0 +1,91 @@
+"""Tiny, seeded, offline stand-ins for a real causal LM, shared by the tests.
+
+Nothing here downloads: the tokenizer is a byte-level BPE trained in memory on a few
+sentences, the model is a 2-layer Llama built from a config. Both take well under a second.
+Subprocess tests (multi-process, CLI) use :func:`save_tiny_model` to get a folder that
+``from_pretrained`` loads like any Hub checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+    "clips in May. How many clips did Natalia sell altogether in April and May?",
+    "Answer: 48 / 2 = 24 clips in May. 48 + 24 = 72. #### 72",
+    "The answer is (A). The answer is (B). The answer is (C). The answer is (D).",
+    "True False Yes No valid invalid sorted words: apple banana cherry",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1000 + - * / = $ % . , ? ! ( ) [ ] { }",
+]
+
+
+def tiny_tokenizer(vocab_size: int = 384):
+    """A fast byte-level BPE tokenizer with a ChatML chat template (SmolLM2's format)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_llama(vocab_size: int = 384, hidden_size: int = 32, seed: int = 0):
+    """A 2-layer Llama causal LM (about 60k parameters), deterministic for a given seed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+def save_tiny_model(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Llama + tokenizer into ``folder`` (loadable with ``from_pretrained``)."""
+    folder = Path(folder)
+    tok = tiny_tokenizer()
+    model = tiny_llama(vocab_size=len(tok), seed=seed)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_lm_dataset(tokenizer, n: int = 8):
+    """``n`` short arithmetic lines as a causal-LM dataset (labels = inputs, varying lengths)."""
+    from datasets import Dataset
+
+    rows = []
+    for i in range(n):
+        ids = tokenizer(f"Question {i}: 3 + {i} * {i} = ? Answer: {3 + i * i}")["input_ids"]
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)})
+    return Dataset.from_list(rows)
