@@ -58,6 +58,10 @@ LOGGED_KEYS: tuple[str, ...] = (
 EvalFn = Callable[[Any], "float | Mapping[str, Any]"]
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def _check_every(name: str, value: int | None) -> int | None:
     if value is None:
         return None
@@ -73,8 +77,9 @@ class PersistenceCallback(TrainerCallback):
         every_n_steps: snapshot every this many optimiser steps (None: no step schedule).
         every_n_epochs: snapshot at the end of every this many epochs (None: no epoch schedule).
         evaluate: optional ``fn(model) -> accuracy`` (a float, or a mapping with ``accuracy``
-            and optionally ``correct`` / ``total``), called at every snapshot on the main
-            process; the paper's accuracy-at-snapshot pairs of Table II. See
+            and any other numbers, e.g. ``correct``, ``total``, ``train_accuracy``, stored in
+            the record's ``eval``), called at every snapshot on the main process: the paper's
+            accuracy-at-snapshot pairs of Table II and the convergence count of Table IV. See
             :func:`hf_tsprompt.evaluation.task_evaluator` for one built from a dataset adapter.
         adapter: the peft adapter whose prompt is recorded (default: the active one).
         save_prompts: also save the raw prompt matrix (needed for heatmaps, PCA, t-SNE).
@@ -232,6 +237,8 @@ class PersistenceCallback(TrainerCallback):
         self._pending = {f"topo/{k}": float(summary[k]) for k in LOGGED_KEYS}
         if accuracy is not None:
             self._pending["topo/accuracy"] = float(accuracy)
+        for key, value in (record.get("eval") or {}).items():
+            self._pending[f"topo/{key}"] = float(value)
 
     def _run_eval(self, model: Any) -> tuple[float | None, dict[str, Any] | None]:
         if self.evaluate is None:
@@ -245,9 +252,13 @@ class PersistenceCallback(TrainerCallback):
         if isinstance(out, Mapping):
             if "accuracy" not in out:
                 raise ConfigError("evaluate() returned a mapping without an 'accuracy' key.")
-            extra = {k: out[k] for k in ("correct", "total") if k in out}
+            extra = {
+                str(k): float(v) if isinstance(v, (float, np.floating)) else int(v)
+                for k, v in out.items()
+                if k != "accuracy" and _is_real(v)
+            }
             return float(out["accuracy"]), extra or None
-        if isinstance(out, (int, float, np.floating)) and not isinstance(out, bool):
+        if _is_real(out):
             return float(out), None
         raise ConfigError(
             f"evaluate() must return a float accuracy or a mapping with 'accuracy', got "
