@@ -1,4 +1,13 @@
-"""Shared fixtures: tiny offline models (see ``tiny.py``)."""
+"""Shared fixtures: tiny offline models (see ``tiny.py``) and a local Hugging Face Hub.
+
+The local Hub (``hub_server.py``, fixtures ``hub`` / ``hub_server`` / ``fast_retries`` at the
+end of this file) is served on a free loopback port. huggingface_hub reads ``HF_ENDPOINT``,
+``HF_HUB_DISABLE_XET`` and ``HF_HOME`` only when it is first imported (transformers and peft
+import it), so the end of this module sets them at conftest import time, before any test module
+is collected; ``HF_HOME`` is a fresh temporary directory, so tests never touch the user's cache
+or stored token. Nothing this module imports loads huggingface_hub before that point, and the
+``hub_server`` fixture fails loudly if it ever does.
+"""
 
 from __future__ import annotations
 
