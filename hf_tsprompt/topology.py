@@ -92,7 +92,7 @@ def persistence_entropy(lifespans: np.ndarray) -> float:
     if life.size == 0 or total <= 0:
         return 0.0
     p = life / total
-    return float(-(p * np.log(p)).sum())
+    return max(0.0, float(-(p * np.log(p)).sum()))  # a single bar gives -0.0
 
 
 def finite_lifespans(diagram: np.ndarray) -> np.ndarray:

@@ -272,6 +272,48 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
         self._merge_metrics(logs)
         super().log(logs, start_time)
 
+    def push_to_hub(
+        self,
+        commit_message: str | None = None,
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        *,
+        repo_id: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> str | None:
+        """Save the adapter into ``<output_dir>/adapter`` and push the run folder.
+
+        Unlike ``Trainer.push_to_hub`` (whose generic card replaces ours), this uploads the
+        adapter at the repo root, the TSLoss model card, the figures and the barcode records
+        in one commit (:func:`hf_tsprompt.hub.push_to_hub`). ``repo_id`` defaults to
+        ``args.hub_model_id``. Returns the commit URL (None on non-main processes).
+        """
+        from pathlib import Path
+
+        from .hub import push_to_hub as push_run
+
+        if not self.is_world_process_zero():
+            return None
+        out = Path(self.args.output_dir)
+        # The prompt never changes the vocabulary; "auto" would ask the Hub about the base.
+        self.accelerator.unwrap_model(self.model).save_pretrained(
+            out / "adapter", save_embedding_layers=False
+        )
+        self.save_state()
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise ConfigError("push_to_hub needs repo_id=... or args.hub_model_id.")
+        return push_run(
+            out,
+            repo_id,
+            private=bool(private if private is not None else self.args.hub_private_repo),
+            token=token or self.args.hub_token,
+            revision=revision or self.args.hub_revision,
+            commit_message=commit_message,
+        )
+
 
 def _upgrade_args(args: Any, cls: type) -> Any:
     """Accept a plain ``TrainingArguments`` (default ``ts_*`` values) or None (like Trainer)."""

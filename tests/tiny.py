@@ -89,3 +89,68 @@ def tiny_lm_dataset(tokenizer, n: int = 8):
         ids = tokenizer(f"Question {i}: 3 + {i} * {i} = ? Answer: {3 + i * i}")["input_ids"]
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)})
     return Dataset.from_list(rows)
+
+
+TINY_HUB_ID = "alice/tiny-llama"
+"""The Hub id the tiny base model records (``_name_or_path``), for Hub round-trip tests."""
+
+
+def write_tiny_gsm8k(folder: str | Path, n_train: int = 12, n_test: int = 8) -> Path:
+    """A small GSM8K-format dataset (``train.jsonl`` / ``test.jsonl``) written by the test."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, offset in (("train", n_train, 0), ("test", n_test, 100)):
+        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as fh:
+            for i in range(offset, offset + n):
+                a, b = i % 7 + 1, i % 5 + 2
+                row = {
+                    "question": f"Tom has {a} apples and buys {b} more. How many apples?",
+                    "answer": f"{a} + {b} = {a + b}\n#### {a + b}",
+                }
+                fh.write(json.dumps(row) + "\n")
+    return folder
+
+
+def make_tiny_run(root: str | Path, **recipe_overrides):
+    """Train a complete run folder with the real pipeline on the tiny model (about 15 s).
+
+    The base model folder records ``TINY_HUB_ID`` as its name, so cards name a Hub id.
+    Returns ``(run_dir, model_dir, recipe)``.
+    """
+    import json
+
+    from hf_tsprompt.pipeline import train_from_recipe
+    from hf_tsprompt.recipes import recipe_from_dict
+
+    root = Path(root)
+    model_dir = save_tiny_model(root / "tiny-model")
+    cfg_path = model_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["_name_or_path"] = TINY_HUB_ID
+    cfg_path.write_text(json.dumps(cfg))
+    data_dir = write_tiny_gsm8k(root / "gsm8k")
+    raw = {
+        "name": "tiny-run",
+        "output_dir": str(root / "run"),
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 4, "test_size": 4},
+        "peft": {"num_virtual_tokens": 6},
+        "topology": {"every_n_steps": 2, "evaluate": "train"},
+        "training": {
+            "max_steps": 4,
+            "per_device_train_batch_size": 2,
+            "learning_rate": 0.05,
+            "logging_steps": 1,
+        },
+        "evaluation": {"batch_size": 4, "max_new_tokens": 6},
+    }
+    for section, values in recipe_overrides.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    recipe = recipe_from_dict(raw, base_dir=root)
+    train_from_recipe(recipe, progress=False, log=lambda _msg: None)
+    return root / "run", model_dir, recipe

@@ -1,0 +1,7 @@
+"""``python -m hf_tsprompt`` (what ``accelerate launch -m hf_tsprompt`` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

