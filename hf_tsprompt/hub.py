@@ -159,7 +159,7 @@ def _training_rows(info: dict[str, Any], recipe: dict[str, Any]) -> list[tuple[s
         "per_device_train_batch_size",
         "gradient_accumulation_steps",
         "lr_scheduler_type",
-        "warmup_ratio",
+        "warmup_steps",
         "num_train_epochs",
         "max_steps",
         "seed",

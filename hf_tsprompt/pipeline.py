@@ -461,7 +461,7 @@ def train_from_recipe(
                 "lr_scheduler_type": str(
                     getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
                 ),
-                "warmup_ratio": getattr(args, "warmup_ratio", None),
+                "warmup_steps": args.warmup_steps,
                 "seed": args.seed,
             },
         )

@@ -45,7 +45,7 @@ PAPER_TRAINING: dict[str, Any] = {
     "per_device_train_batch_size": 8,
     "num_train_epochs": 300,
     "lr_scheduler_type": "linear",
-    "warmup_ratio": 0.1,
+    "warmup_steps": 0.1,  # a float in [0, 1) is a ratio of the total steps
     "optim": "adamw_torch",
 }
 
