@@ -30,10 +30,12 @@ import numpy as np
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .errors import ConfigError
-from .prompts import prompt_matrix
+from .prompts import full_prompt_matrix, get_prompt_peft_model, prompt_matrix
 from .records import (
+    RECORDS_FILE,
     make_record,
     prompt_file_name,
+    read_records,
     topology_dir,
     truncate_records,
     write_snapshot,
@@ -56,6 +58,19 @@ LOGGED_KEYS: tuple[str, ...] = (
 )
 
 EvalFn = Callable[[Any], "float | Mapping[str, Any]"]
+
+
+def _is_sharded(model: Any, adapter: str | None) -> bool:
+    """Whether FSDP2 sharded the prompt parameters (then reading them is a collective)."""
+    inner, name, _ = get_prompt_peft_model(model, adapter)
+    weight = inner.prompt_encoder[name].embedding.weight
+    return callable(getattr(weight, "full_tensor", None))
+
+
+def _steps_up_to(tdir: Path, step: int) -> set[int]:
+    if not (tdir / RECORDS_FILE).is_file():
+        return set()
+    return {r["step"] for r in read_records(tdir) if r["step"] <= step}
 
 
 def _is_real(value: Any) -> bool:
@@ -143,16 +158,17 @@ class PersistenceCallback(TrainerCallback):
         self._dir = topology_dir(args.output_dir)
         self._recorded = set()
         self._pending = {}
-        if not state.is_world_process_zero:
-            return
         if state.global_step > 0:
-            # Resuming: forget what the interrupted run recorded after its checkpoint; the
-            # schedule re-takes those snapshots, so the record equals an uninterrupted run's.
-            kept = truncate_records(self._dir, state.global_step)
-            self._recorded = {r["step"] for r in kept}
+            # Resuming: the snapshots the interrupted run took after its checkpoint are taken
+            # again by the schedule, so they are dropped; every rank learns which steps stay
+            # (a read), so all ranks take the same snapshot decisions; the main one truncates.
+            self._recorded = _steps_up_to(self._dir, state.global_step)
+            if state.is_world_process_zero:
+                truncate_records(self._dir, state.global_step)
             return
-        # A fresh run into a folder with old records starts the record over.
-        truncate_records(self._dir, -1)
+        if state.is_world_process_zero:
+            # A fresh run into a folder with old records starts the record over.
+            truncate_records(self._dir, -1)
         self._snapshot(model, state, "train_begin")
 
     def on_step_end(
@@ -167,8 +183,7 @@ class PersistenceCallback(TrainerCallback):
         due = bool(self.every_n_steps and step % self.every_n_steps == 0)
         last = state.max_steps > 0 and step >= state.max_steps
         if due or last:
-            if state.is_world_process_zero:
-                self._snapshot(model, state, "step")
+            self._snapshot(model, state, "step")
             # Make the Trainer log at this step so the topo/* metrics reach the integrations.
             control.should_log = True
 
@@ -183,8 +198,7 @@ class PersistenceCallback(TrainerCallback):
         if not self.every_n_epochs or state.epoch is None:
             return
         if round(state.epoch) % self.every_n_epochs == 0:
-            if state.is_world_process_zero:
-                self._snapshot(model, state, "epoch")
+            self._snapshot(model, state, "epoch")
             control.should_log = True
 
     def on_train_end(
@@ -195,8 +209,7 @@ class PersistenceCallback(TrainerCallback):
         model: Any = None,
         **kwargs: Any,
     ) -> None:
-        if state.is_world_process_zero:
-            self._snapshot(model, state, "train_end")
+        self._snapshot(model, state, "train_end")
 
     def on_log(
         self,
@@ -212,11 +225,19 @@ class PersistenceCallback(TrainerCallback):
     # -- work --------------------------------------------------------------------------------
 
     def _snapshot(self, model: Any, state: TrainerState, event: str) -> None:
+        """Called on every rank with the same arguments; only the main process records."""
         step = int(state.global_step)
         if model is None or self._dir is None or step in self._recorded:
             return
+        self._recorded.add(step)
         t0 = time.perf_counter()
-        P = prompt_matrix(model, self.adapter).detach().float().cpu().numpy()
+        if _is_sharded(model, self.adapter):
+            P_t = full_prompt_matrix(model, self.adapter)  # FSDP2 all-gather: every rank
+        elif state.is_world_process_zero:
+            P_t = prompt_matrix(model, self.adapter)
+        if not state.is_world_process_zero:
+            return
+        P = P_t.detach().float().cpu().numpy()
         result = persistence(P, maxdim=self.maxdim)
         compute_s = time.perf_counter() - t0
         accuracy, eval_info = self._run_eval(model)
@@ -232,7 +253,6 @@ class PersistenceCallback(TrainerCallback):
         )
         record["compute_seconds"] = compute_s
         write_snapshot(self._dir, record, P if self.save_prompts else None)
-        self._recorded.add(step)
         summary = record["summary"]
         self._pending = {f"topo/{k}": float(summary[k]) for k in LOGGED_KEYS}
         if accuracy is not None:

@@ -43,7 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train_from_recipe(
         recipe, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet
     )
-    print(format_summary(result))
+    if result.is_main_process:
+        print(format_summary(result))
     return 0
 
 

@@ -83,6 +83,7 @@ class RunResult:
     topology_end: dict[str, float] = field(default_factory=dict)
     global_step: int = 0
     figures: list[Path] = field(default_factory=list)
+    is_main_process: bool = True
 
 
 # --- run folder state ---------------------------------------------------------------------
@@ -275,11 +276,29 @@ def snapshot_evaluator(
     return evaluate
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return bool(
+        torch.cuda.is_available()
+        or (xpu is not None and xpu.is_available())
+        or torch.backends.mps.is_available()
+    )
+
+
 def training_config(recipe: Recipe, run_dir: Path):
     """``TopologicalPromptConfig`` from the recipe's training and ts sections."""
     from .trainer import TopologicalPromptConfig
 
-    values: dict[str, Any] = {"report_to": "none", "logging_steps": 10, "save_strategy": "no"}
+    values: dict[str, Any] = {
+        "report_to": "none",
+        "logging_steps": 10,
+        "save_strategy": "no",
+        # Without an accelerator, say so: only then does TrainingArguments set up gloo DDP
+        # under torchrun / accelerate launch (else each process trains alone, world size 1).
+        "use_cpu": not _has_accelerator(),
+    }
     values.update(recipe.training)
     ts = recipe.ts
     try:
@@ -339,7 +358,13 @@ def train_from_recipe(
     log: Log = print,
     extra_callbacks: list[Any] | None = None,
 ) -> RunResult:
-    """Run a recipe end to end and write its run folder (see the module docstring)."""
+    """Run a recipe end to end and write its run folder (see the module docstring).
+
+    Under ``accelerate launch`` / ``torchrun`` every process runs this function: all of them
+    load, check and train; only the main process holds the lock, evaluates before and after,
+    and writes files, while the others wait for it at barriers.
+    """
+    from accelerate import PartialState
     from transformers import set_seed
 
     from .callbacks import PersistenceCallback
@@ -352,12 +377,18 @@ def train_from_recipe(
     run_dir = recipe.run_dir.resolve()
     check_run_folder(run_dir, overwrite=overwrite, resume=resume)
     args = training_config(recipe, run_dir)  # fails fast on bad TrainingArguments
+    # TrainingArguments sets up the (possibly distributed, possibly CPU/gloo) process state;
+    # a bare PartialState() first would settle for a single process under torchrun on CPU.
+    _ = args.device
+    state = PartialState()
+    main = state.is_main_process
+    say: Log = log if main else (lambda _msg: None)
 
-    log(f"[hf-tsprompt] loading model {recipe.model.name_or_path} ...")
+    say(f"[hf-tsprompt] loading model {recipe.model.name_or_path} ...")
     set_seed(recipe.seed)
     loaded = load_base_model(recipe.model.name_or_path, dtype=recipe.model.dtype)
     task, train_rows, test_rows = load_data(recipe)
-    log(
+    say(
         f"[hf-tsprompt] task {task.name}: {len(train_rows)} training / {len(test_rows)} test "
         f"examples; base model {loaded.hub_id}"
     )
@@ -376,41 +407,45 @@ def train_from_recipe(
     train_ds = build_train_dataset(
         loaded.tokenizer, task, train_rows, max_length=recipe.data.max_length
     )
+    # Every rank has checked the folder before the main one starts writing into it.
+    state.wait_for_everyone()
 
-    with run_lock(run_dir):
-        if overwrite:
-            _clear_run(run_dir)
-        started = time.time()
-        run_info: dict[str, Any] = {
-            "name": recipe.name,
-            "status": "running",
-            "started": started,
-            "base_model": loaded.hub_id,
-            "model_source": recipe.model.name_or_path,
-            "license": loaded.license,
-            "task": task.name,
-            "task_config": recipe.data.config,
-            "dataset_hub_id": task.hub_id,
-            "dataset_source": recipe.data.source,
-            "method": recipe.peft.method,
-            "num_virtual_tokens": recipe.peft.num_virtual_tokens,
-            "train_size": len(train_rows),
-            "test_size": len(test_rows),
-            "chat_template": uses_chat_template(loaded.tokenizer),
-            "example_prompt": task.user_text(test_rows[0]) if test_rows else None,
-            "versions": versions(),
-        }
-        atomic_write_text(run_dir / RECIPE_FILE, recipe.to_yaml())
-        atomic_write_json(run_dir / RUN_FILE, run_info)
-
+    run_info: dict[str, Any] = {
+        "name": recipe.name,
+        "status": "running",
+        "started": time.time(),
+        "base_model": loaded.hub_id,
+        "model_source": recipe.model.name_or_path,
+        "license": loaded.license,
+        "task": task.name,
+        "task_config": recipe.data.config,
+        "dataset_hub_id": task.hub_id,
+        "dataset_source": recipe.data.source,
+        "method": recipe.peft.method,
+        "num_virtual_tokens": recipe.peft.num_virtual_tokens,
+        "train_size": len(train_rows),
+        "test_size": len(test_rows),
+        "num_processes": state.num_processes,
+        "chat_template": uses_chat_template(loaded.tokenizer),
+        "example_prompt": task.user_text(test_rows[0]) if test_rows else None,
+        "versions": versions(),
+    }
+    lock = run_lock(run_dir) if main else contextlib.nullcontext()
+    with lock:
         before = None
-        if recipe.evaluation.before and not resume:
-            log("[hf-tsprompt] accuracy before training ...")
-            before = _evaluate(
-                model, loaded.tokenizer, task, test_rows, recipe, run_dir, "before", progress
-            ).accuracy
-        elif resume and (run_dir / EVAL_DIR / "before.json").is_file():
-            before = json.loads((run_dir / EVAL_DIR / "before.json").read_text())["accuracy"]
+        if main:
+            if overwrite:
+                _clear_run(run_dir)
+            atomic_write_text(run_dir / RECIPE_FILE, recipe.to_yaml())
+            atomic_write_json(run_dir / RUN_FILE, run_info)
+            if recipe.evaluation.before and not resume:
+                say("[hf-tsprompt] accuracy before training ...")
+                before = _evaluate(
+                    model, loaded.tokenizer, task, test_rows, recipe, run_dir, "before", progress
+                ).accuracy
+            elif resume and (run_dir / EVAL_DIR / "before.json").is_file():
+                before = json.loads((run_dir / EVAL_DIR / "before.json").read_text())["accuracy"]
+        state.wait_for_everyone()
 
         callback = PersistenceCallback(
             every_n_steps=recipe.topology.every_n_steps,
@@ -425,59 +460,68 @@ def train_from_recipe(
             data_collator=TrainCollator(loaded.tokenizer),
             callbacks=[callback, *(extra_callbacks or [])],
         )
-        log(f"[hf-tsprompt] training into {run_dir} ...")
+        say(f"[hf-tsprompt] training into {run_dir} ...")
         checkpoint = str(last_checkpoint(run_dir)) if resume else None
         train_out = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_state()
-        # The prompt never changes the vocabulary; "auto" would ask the Hub about the base model.
-        model.save_pretrained(run_dir / ADAPTER_DIR, save_embedding_layers=False)
+        trainer.save_state()  # main process only (Trainer checks)
 
         after = None
-        if recipe.evaluation.after:
-            log("[hf-tsprompt] accuracy after training ...")
-            after = _evaluate(
-                model, loaded.tokenizer, task, test_rows, recipe, run_dir, "after", progress
-            ).accuracy
-
-        records = read_records(run_dir)
-        run_info.update(
-            status="finished",
-            finished=time.time(),
-            global_step=int(trainer.state.global_step),
-            train_runtime=float(train_out.metrics.get("train_runtime", 0.0)),
-            accuracy_before=before,
-            accuracy_after=after,
-            topology_start=_summary(records[0] if records else None),
-            topology_end=_summary(records[-1] if records else None),
-            training={
-                "optim": args.optim,
-                "learning_rate": args.learning_rate,
-                "weight_decay": args.weight_decay,
-                "adam_epsilon": args.adam_epsilon,
-                "per_device_train_batch_size": args.per_device_train_batch_size,
-                "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                "num_train_epochs": args.num_train_epochs,
-                "max_steps": args.max_steps,
-                "lr_scheduler_type": str(
-                    getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
-                ),
-                "warmup_steps": args.warmup_steps,
-                "seed": args.seed,
-            },
-        )
-        atomic_write_json(run_dir / RUN_FILE, run_info)
-        figures = _figures(run_dir, log)
-        _card(run_dir, log)
+        figures: list[Path] = []
+        if main:
+            # The prompt never changes the vocabulary; "auto" would ask the Hub about the base.
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
+                run_dir / ADAPTER_DIR, save_embedding_layers=False
+            )
+            if recipe.evaluation.after:
+                say("[hf-tsprompt] accuracy after training ...")
+                after = _evaluate(
+                    model, loaded.tokenizer, task, test_rows, recipe, run_dir, "after", progress
+                ).accuracy
+            records = read_records(run_dir)
+            run_info.update(
+                status="finished",
+                finished=time.time(),
+                global_step=int(trainer.state.global_step),
+                train_runtime=float(train_out.metrics.get("train_runtime", 0.0)),
+                accuracy_before=before,
+                accuracy_after=after,
+                topology_start=_summary(records[0] if records else None),
+                topology_end=_summary(records[-1] if records else None),
+                training=_training_summary(args),
+            )
+            atomic_write_json(run_dir / RUN_FILE, run_info)
+            figures = _figures(run_dir, say)
+            _card(run_dir, say)
+        state.wait_for_everyone()
 
     return RunResult(
         run_dir=run_dir,
         accuracy_before=before,
         accuracy_after=after,
-        topology_start=run_info["topology_start"],
-        topology_end=run_info["topology_end"],
-        global_step=run_info["global_step"],
+        topology_start=run_info.get("topology_start", {}),
+        topology_end=run_info.get("topology_end", {}),
+        global_step=int(trainer.state.global_step),
         figures=figures,
+        is_main_process=main,
     )
+
+
+def _training_summary(args: Any) -> dict[str, Any]:
+    """The optimiser settings a card and run.json report."""
+    scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    return {
+        "optim": str(getattr(args.optim, "value", args.optim)),
+        "learning_rate": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        "adam_epsilon": args.adam_epsilon,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_train_epochs": args.num_train_epochs,
+        "max_steps": args.max_steps,
+        "lr_scheduler_type": str(scheduler),
+        "warmup_steps": args.warmup_steps,
+        "seed": args.seed,
+    }
 
 
 def _figures(run_dir: Path, log: Log) -> list[Path]:

@@ -230,3 +230,40 @@ def get_prompt_model(
     if init == "normal":
         init_prompt_(model, std=init_std)
     return model
+
+
+class PromptCapture:
+    """Keep the prompt encoder's output from the model's own forward pass, with its graph.
+
+    Inside ``forward`` the prompt is exactly what the base model receives, and under FSDP or
+    DeepSpeed ZeRO-3 it is computed from the *gathered* (unsharded) parameters, so a loss on
+    it sees the full prompt and its gradient is reduced like the CE's. Outside ``forward``
+    (between steps) those parameters are shards; :func:`prompt_matrix` is the fallback for
+    plain and DDP models. ``take()`` returns the last capture once (n x d) and forgets it, so
+    no graph outlives its step.
+    """
+
+    def __init__(self, model: nn.Module, adapter: str | None = None) -> None:
+        inner, name, _ = get_prompt_peft_model(model, adapter)
+        self._value: torch.Tensor | None = None
+        self._handle = inner.prompt_encoder[name].register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            # (batch, n, d): every row of the batch is the same prompt.
+            self._value = output[0] if output.dim() == 3 else output
+
+    def take(self) -> torch.Tensor | None:
+        value, self._value = self._value, None
+        return value
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def full_prompt_matrix(model: nn.Module, adapter: str | None = None) -> torch.Tensor:
+    """:func:`prompt_matrix`, all-gathered if FSDP2 sharded it (then a collective: call it on
+    every rank)."""
+    P = prompt_matrix(model, adapter)
+    full = getattr(P, "full_tensor", None)
+    return full() if callable(full) else P

@@ -41,7 +41,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .errors import ConfigError
 from .losses import REGULARIZERS, VARIANTS, l2_loss, pairwise_distance_loss, ts_loss
-from .prompts import get_prompt_peft_model, prompt_matrix
+from .prompts import PromptCapture, get_prompt_peft_model, prompt_matrix
 
 
 @dataclass
@@ -153,12 +153,16 @@ class TopologicalLossMixin:
             self.model.enable_input_require_grads()
         if not hasattr(self, "_metrics"):
             self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._prompt_capture = PromptCapture(self.model, self.args.ts_adapter)
 
     def regularizer(self, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         """The unweighted regulariser L_reg on the prompt of ``model`` and its parts for logging."""
         args = self.args
-        unwrapped = self.accelerator.unwrap_model(model)
-        P = prompt_matrix(unwrapped, args.ts_adapter)
+        # The prompt from this step's forward pass (full even under FSDP / ZeRO-3); outside a
+        # forward pass (a direct call) it is read from the parameters.
+        P = self._prompt_capture.take()
+        if P is None:
+            P = prompt_matrix(self.accelerator.unwrap_model(model), args.ts_adapter)
         device_type = P.device.type if P.device.type in ("cpu", "cuda", "xpu", "mps") else "cpu"
         # The regulariser is computed in float32 whatever the model's mixed-precision setting.
         with torch.autocast(device_type=device_type, enabled=False):

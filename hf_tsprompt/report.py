@@ -1,0 +1,564 @@
+"""One self-contained HTML report of one or more runs (``hf-tsprompt report RUN_DIR...``).
+
+For each run: its configuration (the resolved recipe), accuracy before and after training,
+loss curves, topology curves, barcodes and persistence diagrams, distance heatmaps, PCA and
+t-SNE of the prompt, and the explain table (:mod:`hf_tsprompt.explain`). With several runs a
+comparison section comes first: a table with one column per run, the recipe keys that differ,
+the overlay figures of :func:`hf_tsprompt.plots.plot_runs`, and barcodes and heatmaps side by
+side.
+
+**Self-contained.** The figures are drawn by :mod:`hf_tsprompt.plots` into a temporary folder
+and embedded as ``data:image/png;base64`` URIs; the style is inline; there is no script and no
+external link, so the file opens offline, from an e-mail or a CI artifact alike. Every string
+read from a run folder (run and task names, recipe values, token texts) goes through
+``html.escape``: a run folder is user input.
+
+**Read-only.** Nothing is written into the run folders: an ``explain.json`` already there (and
+newer than the run's records) is reused, otherwise the explanation is computed in memory (the
+base model's embeddings are loaded once per distinct base model).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, MissingFileError, RunFolderError
+from .fsutil import atomic_write_text
+
+__all__ = ["FIGURE_SECTIONS", "build_report"]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+#: Per-run sections made of figures: (id suffix, heading, [(file, caption)]).
+FIGURE_SECTIONS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("loss", "Loss curves", (("loss.png", "Total, cross-entropy and TS loss (Figs. 4, 5)"),)),
+    (
+        "topology",
+        "Topology curves",
+        (
+            ("topology_curves.png", "H0/H1 counts and mean lifespans (Figs. 1a, 1c)"),
+            ("entropy.png", "Persistence entropy (Fig. 2b)"),
+            ("density.png", "H1 density against point-cloud density (Fig. 2a)"),
+        ),
+    ),
+    (
+        "barcodes",
+        "Barcodes and persistence diagrams",
+        (
+            ("barcodes.png", "Persistence barcodes at the start, middle and end (Fig. 1d)"),
+            ("diagrams.png", "Persistence diagrams (Fig. 1b)"),
+        ),
+    ),
+    ("heatmaps", "Distance heatmaps", (("heatmaps.png", "Pairwise distances (Fig. 7)"),)),
+    (
+        "embedding",
+        "PCA and t-SNE",
+        (
+            ("pca.png", "Prompt vectors over training, PCA (Fig. 8)"),
+            ("tsne.png", "Prompt vectors over training, t-SNE (Fig. 9)"),
+        ),
+    ),
+)
+COMPARE_FIGURES: tuple[tuple[str, str], ...] = (
+    ("accuracy.png", "Accuracy at the topology snapshots"),
+    ("loss.png", "Training loss"),
+    ("topology_curves.png", "H0/H1 counts and mean lifespans"),
+    ("entropy.png", "Persistence entropy"),
+    ("density.png", "H1 density against point-cloud density"),
+    ("pca.png", "PCA, one panel per run"),
+    ("tsne.png", "t-SNE, one panel per run"),
+)
+SIDE_BY_SIDE: tuple[tuple[str, str], ...] = (
+    ("barcodes.png", "Barcodes"),
+    ("heatmaps.png", "Distance heatmaps"),
+)
+SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
+    ("H0 count", "h0_count"),
+    ("H1 count", "h1_count"),
+    ("mean H0 lifespan", "h0_mean_lifespan"),
+    ("mean H1 lifespan", "h1_mean_lifespan"),
+    ("max H0 lifespan", "h0_max_lifespan"),
+    ("max H1 lifespan", "h1_max_lifespan"),
+    ("persistence entropy", "entropy"),
+)
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; max-width: 1600px; }
+h1 { font-size: 1.6rem; } h2 { border-bottom: 2px solid #ccc; margin-top: 2.5rem; }
+h3 { margin-top: 1.6rem; }
+table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 0.8rem 0; } figcaption { font-size: 0.85rem; color: #555; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.grid { display: grid; gap: 1rem; }
+.note { color: #8a4b00; } .muted { color: #777; }
+code, pre { font-family: ui-monospace, monospace; font-size: 0.85rem; }
+pre { background: #f7f7f7; padding: 0.6rem; overflow-x: auto; }
+nav a { margin-right: 1rem; }
+"""
+
+
+def _e(value: Any) -> str:
+    """Escape anything for HTML text or a quoted attribute."""
+    return html.escape(str(value), quote=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_recipe(run: Path) -> tuple[dict[str, Any], str]:
+    """The recipe as a dict and as its YAML text ({} and "" when absent or unreadable)."""
+    import yaml
+
+    path = run / "recipe.yaml"
+    if not path.is_file():
+        return {}, ""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}, text
+    return (data if isinstance(data, dict) else {}), text
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    if pct and isinstance(value, (int, float)):
+        return f"{100 * float(value):.1f}%"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+class _Run:
+    """What the report needs from one run folder."""
+
+    def __init__(self, path: Path, index: int) -> None:
+        self.path = path
+        self.index = index
+        self.anchor = f"run-{index}"
+        self.info = _read_json(path / "run.json")
+        self.recipe, self.recipe_text = _read_recipe(path)
+        if not self.info and not (path / "topology" / "records.jsonl").is_file():
+            raise RunFolderError(
+                f"{path} is not a run folder (no run.json and no topology/records.jsonl); "
+                "create one with `hf-tsprompt train RECIPE`."
+            )
+        self.name = str(self.info.get("name") or self.recipe.get("name") or path.resolve().name)
+        self.label = self.name
+        self.figures: dict[str, Path] = {}
+        self.notes: list[str] = []
+        self.explain: Any = None
+        self.explain_error: str | None = None
+
+
+def _unique_labels(runs: list[_Run], labels: Sequence[str] | None) -> None:
+    if labels is not None:
+        if len(labels) != len(runs):
+            raise ConfigError(f"got {len(labels)} label(s) for {len(runs)} run folder(s).")
+        for run, label in zip(runs, labels, strict=True):
+            run.label = str(label)
+        return
+    names = [r.name for r in runs]
+    for run in runs:
+        if names.count(run.name) > 1:  # e.g. the same recipe with two seeds: add the folder
+            run.label = f"{run.name} ({run.path.resolve().parent.name}/{run.path.name})"
+    labels_now = [r.label for r in runs]
+    for run in runs:
+        if labels_now.count(run.label) > 1:  # the same folder twice
+            run.label = f"{run.label} #{run.index}"
+
+
+@contextlib.contextmanager
+def _captured_warnings() -> Iterator[list[str]]:
+    """Collect the reasons :mod:`hf_tsprompt.plots` logs for figures it skips."""
+    messages: list[str] = []
+
+    class _Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Handler(logging.WARNING)
+    plot_logger = logging.getLogger("hf_tsprompt.plots")
+    plot_logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        plot_logger.removeHandler(handler)
+
+
+def _mpl_label(text: str, limit: int = 40) -> str:
+    """A run label for a figure legend: shortened (a long one squeezes the axes away; the
+    full name is in the page) and with "$" escaped (matplotlib reads "$...$" as TeX)."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("$", r"\$")
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _figure(path: Path | None, caption: str, alt: str) -> str:
+    if path is None or not path.is_file():
+        return f'<p class="muted">{_e(caption)}: not available (see the notes).</p>'
+    return (
+        f'<figure><img src="{_data_uri(path)}" alt="{_e(alt)}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], num_cols: int = 0) -> str:
+    """An HTML table; every cell escaped. The last ``num_cols`` columns are right-aligned."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for j, cell in enumerate(row):
+            cls = ' class="num"' if num_cols and j >= len(row) - num_cols else ""
+            cells.append(f"<td{cls}>{_e(cell)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+# --- explain ----------------------------------------------------------------------------------
+
+
+def _load_explain(run: _Run, vocabs: dict[Any, Any]) -> None:
+    """Reuse a fresh ``explain.json``, else compute the explanation (never fails the report)."""
+    from .explain import (
+        EXPLAIN_JSON,
+        KV_METHODS,
+        _base_model_ref,
+        _run_method,
+        explain_run,
+        load_explain,
+        load_vocabulary,
+    )
+
+    saved = run.path / EXPLAIN_JSON
+    records = run.path / "topology" / "records.jsonl"
+    try:
+        if saved.is_file() and (
+            not records.is_file() or saved.stat().st_mtime >= records.stat().st_mtime
+        ):
+            run.explain = load_explain(run.path)
+            return
+        vocab = None
+        if _run_method(run.path) not in KV_METHODS:
+            key = _base_model_ref(run.path)
+            key = (key[0], str(key[1]))
+            if key not in vocabs:
+                vocabs[key] = load_vocabulary(run.path)
+            vocab = vocabs[key]
+        run.explain = explain_run(run.path, vocab=vocab)
+    except Exception as err:  # the rest of the report is worth having without it
+        run.explain_error = f"{type(err).__name__}: {err}"
+        logger.warning("report: explain of %s failed: %s", run.path, run.explain_error)
+
+
+def _explain_html(run: _Run) -> str:
+    from .explain import neighbour_text
+
+    res = run.explain
+    if res is None:
+        return f'<p class="note">Not available: {_e(run.explain_error or "not computed")}</p>'
+    start, end = res.start, res.end
+    parts = [
+        f"<p>Snapshots at step {start.step} (start) and step {end.step} (end); "
+        f"{_e(res.method)}, {res.n_tokens} virtual tokens of dimension {res.dim}.</p>"
+    ]
+    if start.neighbours is not None and end.neighbours is not None:
+        parts.append(
+            f"<p>Top {res.top_k} nearest vocabulary tokens of each virtual token by cosine "
+            "similarity to the base model's input embeddings (the projection of PGSPT, Liou "
+            "et al. 2025), and its merge scale (nearest-neighbour distance: where it stops "
+            "being an H0 component of its own).</p>"
+        )
+        rows = [
+            (
+                s.index,
+                neighbour_text(s),
+                neighbour_text(e),
+                f"{start.merge_scale[s.index]:.4g} → {end.merge_scale[s.index]:.4g}",
+            )
+            for s, e in zip(start.neighbours, end.neighbours, strict=True)
+        ]
+        parts.append(_table(["virtual token", "start", "end", "merge scale"], rows, num_cols=1))
+    else:
+        parts.append(f'<p class="note">No nearest tokens: {_e(res.note)}</p>')
+        rows = [
+            (i, f"{a:.4g}", f"{b:.4g}")
+            for i, (a, b) in enumerate(zip(start.merge_scale, end.merge_scale, strict=True))
+        ]
+        parts.append(_table(["virtual token", "merge scale (start)", "merge scale (end)"], rows))
+    for label, snap in (("start", start), ("end", end)):
+        h0 = [(f"{b.death:.4g}", ", ".join(map(str, b.members))) for b in snap.h0[:5]]
+        parts.append(
+            f"<h4>Longest-lived H0 components at the {label} (step {snap.step})</h4>"
+            + _table(["dies at ε", "tokens of the dying component"], h0)
+        )
+        header = ["birth ε", "death ε", "cycle (tokens)"]
+        h1 = [
+            [f"{loop.birth:.4g}", f"{loop.death:.4g}", " – ".join(map(str, loop.cycle))]
+            for loop in snap.h1[:10]
+        ]
+        if label == "start" and end is not start:
+            header.append("at the end")
+            for row, loop in zip(h1, snap.h1, strict=False):
+                row.append("kept" if loop.survives else "gone")
+        parts.append(
+            f"<h4>H1 loops at the {label}: {len(snap.h1)}</h4>" + (_table(header, h1) if h1 else "")
+        )
+    gone = res.gone_loops
+    parts.append(f"<p>Loops of the start gone at the end: {len(gone)} of {len(start.h1)}.</p>")
+    return "".join(parts)
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+def _config_html(run: _Run) -> str:
+    info = run.info
+    facts = [
+        ("run folder", str(run.path)),
+        ("base model", info.get("base_model")),
+        ("peft method", info.get("method")),
+        ("virtual tokens", info.get("num_virtual_tokens")),
+        ("task", info.get("task")),
+        ("dataset", info.get("dataset_hub_id") or info.get("dataset_source")),
+        ("training / test examples", f"{info.get('train_size')} / {info.get('test_size')}"),
+        ("status", info.get("status")),
+        ("optimiser steps", info.get("global_step")),
+        ("train runtime (s)", info.get("train_runtime")),
+    ]
+    versions = info.get("versions")
+    if isinstance(versions, dict):
+        facts.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
+    parts = [_table(["run", "value"], [(k, _fmt(v)) for k, v in facts if v is not None])]
+    if run.recipe:
+        rows = [(k, _fmt(v)) for k, v in _flatten(run.recipe).items()]
+        parts.append("<h4>Recipe</h4>" + _table(["key", "value"], rows))
+    if run.recipe_text:
+        parts.append(
+            f"<details><summary>recipe.yaml</summary><pre>{_e(run.recipe_text)}</pre></details>"
+        )
+    return "".join(parts)
+
+
+def _accuracy_html(run: _Run) -> str:
+    rows = []
+    for name in ("before", "after"):
+        ev = _read_json(run.path / "eval" / f"{name}.json")
+        acc = run.info.get(f"accuracy_{name}", ev.get("accuracy"))
+        counts = f"{ev['correct']} / {ev['total']}" if "correct" in ev and "total" in ev else ""
+        rows.append((f"{name} training", _fmt(acc, pct=True), counts))
+    return _table(["test accuracy", "accuracy", "correct / total"], rows) + _figure(
+        run.figures.get("accuracy.png"), "Accuracy at the topology snapshots", "accuracy"
+    )
+
+
+def _topology_table(run: _Run) -> str:
+    start = run.info.get("topology_start") or {}
+    end = run.info.get("topology_end") or {}
+    rows = [
+        (label, _fmt(start.get(key)), _fmt(end.get(key)))
+        for label, key in SUMMARY_ROWS
+        if key in start or key in end
+    ]
+    return _table(["metric", "start", "end"], rows, num_cols=2) if rows else ""
+
+
+def _run_html(run: _Run) -> str:
+    a = run.anchor
+    parts = [
+        f'<section id="{a}" class="run"><h2>Run {run.index}: {_e(run.label)}</h2>',
+        f'<h3 id="{a}-config">Configuration</h3>{_config_html(run)}',
+        f'<h3 id="{a}-accuracy">Accuracy</h3>{_accuracy_html(run)}',
+    ]
+    for key, heading, figures in FIGURE_SECTIONS:
+        body = "".join(
+            _figure(run.figures.get(name), caption, f"{name} of {run.label}")
+            for name, caption in figures
+        )
+        if key == "topology":
+            body = _topology_table(run) + body
+        parts.append(f'<h3 id="{a}-{key}">{_e(heading)}</h3>{body}')
+    parts.append(
+        f'<h3 id="{a}-explain">What the prompt reads like (explain)</h3>{_explain_html(run)}'
+    )
+    if run.notes:
+        items = "".join(f"<li>{_e(n)}</li>" for n in run.notes)
+        parts.append(f'<h3 id="{a}-notes">Notes</h3><ul class="note">{items}</ul>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _compare_html(runs: list[_Run], figures: dict[str, Path], notes: list[str]) -> str:
+    head = ["", *(r.label for r in runs)]
+
+    def row(label: str, fn: Any) -> list[str]:
+        return [label, *(fn(r) for r in runs)]
+
+    rows = [
+        row("base model", lambda r: _fmt(r.info.get("base_model"))),
+        row("peft method", lambda r: _fmt(r.info.get("method"))),
+        row("virtual tokens", lambda r: _fmt(r.info.get("num_virtual_tokens"))),
+        row("regulariser", lambda r: _fmt((r.recipe.get("ts") or {}).get("regularizer"))),
+        row("λ_ts (ts.weight)", lambda r: _fmt((r.recipe.get("ts") or {}).get("weight"))),
+        row("optimiser steps", lambda r: _fmt(r.info.get("global_step"))),
+        row("accuracy before", lambda r: _fmt(r.info.get("accuracy_before"), pct=True)),
+        row("accuracy after", lambda r: _fmt(r.info.get("accuracy_after"), pct=True)),
+    ]
+    for label, key in SUMMARY_ROWS:
+        rows.append(
+            row(
+                f"{label} (start → end)",
+                lambda r, k=key: (
+                    f"{_fmt((r.info.get('topology_start') or {}).get(k))} → "
+                    f"{_fmt((r.info.get('topology_end') or {}).get(k))}"
+                ),
+            )
+        )
+    parts = ['<section id="compare"><h2>Comparison</h2>', _table(head, rows)]
+    flat = [_flatten(r.recipe) for r in runs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    missing = object()
+    differ = [
+        [k, *(_fmt(f.get(k)) if f.get(k, missing) is not missing else "–" for f in flat)]
+        for k in keys
+        if k not in ("name", "output_dir")
+        and len({json.dumps(f.get(k, "<absent>"), sort_keys=True, default=str) for f in flat}) > 1
+    ]
+    parts.append('<h3 id="compare-recipe">Recipe keys that differ</h3>')
+    parts.append(_table(["key", *(r.label for r in runs)], differ) if differ else "<p>none</p>")
+    parts.append('<h3 id="compare-figures">Overlays</h3>')
+    parts += [_figure(figures.get(name), caption, caption) for name, caption in COMPARE_FIGURES]
+    parts.append('<h3 id="compare-side-by-side">Side by side</h3>')
+    cols = f"grid-template-columns: repeat({len(runs)}, minmax(0, 1fr));"
+    for name, caption in SIDE_BY_SIDE:
+        cells = "".join(
+            f"<div><strong>{_e(r.label)}</strong>"
+            f"{_figure(r.figures.get(name), caption, f'{caption} of {r.label}')}</div>"
+            for r in runs
+        )
+        parts.append(f'<h4>{_e(caption)}</h4><div class="grid" style="{cols}">{cells}</div>')
+    if notes:
+        items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+        parts.append(f'<ul class="note">{items}</ul>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def build_report(
+    run_dirs: PathLike | Sequence[PathLike],
+    out_path: PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    explain: bool = True,
+    title: str | None = None,
+) -> Path:
+    """Write one self-contained HTML report of ``run_dirs`` to ``out_path``; its path.
+
+    Args:
+        run_dirs: one run folder or several (several add the comparison section).
+        out_path: the HTML file (an existing folder gets ``report.html`` inside it).
+        labels: display names of the runs (default: their ``run.json`` names).
+        explain: include the explain table (may load each base model's embeddings once).
+        title: the page title (default: names the runs).
+
+    Raises:
+        MissingFileError: a run folder does not exist.
+        RunFolderError: a folder is not a run folder.
+    """
+    from .plots import plot_run, plot_runs
+
+    paths = [Path(run_dirs)] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
+    if not paths:
+        raise ConfigError("no run folder given; pass one run folder or several.")
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise MissingFileError(f"run folder {p} does not exist.")
+    runs = [_Run(Path(p), i + 1) for i, p in enumerate(paths)]
+    _unique_labels(runs, labels)
+    out = Path(out_path)
+    if out.is_dir():
+        out = out / "report.html"
+
+    vocabs: dict[Any, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="hf-tsprompt-report-") as tmp:
+        for run in runs:
+            folder = Path(tmp) / run.anchor
+            with _captured_warnings() as messages:
+                try:
+                    run.figures = {p.name: p for p in plot_run(run.path, folder)}
+                except Exception as err:  # e.g. a folder name matplotlib cannot typeset
+                    messages.append(f"figures failed: {type(err).__name__}: {err}")
+            run.notes += messages
+            if explain:
+                _load_explain(run, vocabs)
+        compare_figures: dict[str, Path] = {}
+        compare_notes: list[str] = []
+        if len(runs) > 1:
+            with _captured_warnings() as compare_notes:
+                names = [_mpl_label(r.label) for r in runs]
+                try:
+                    figs = plot_runs([r.path for r in runs], Path(tmp) / "compare", names)
+                    compare_figures = {p.name: p for p in figs}
+                except Exception as err:  # the per-run sections are still worth having
+                    compare_notes.append(f"comparison figures failed: {type(err).__name__}: {err}")
+        # Built while the temporary figures still exist (they are read into data: URIs).
+        body = [_compare_html(runs, compare_figures, compare_notes)] if len(runs) > 1 else []
+        body += [_run_html(run) for run in runs]
+
+    page_title = title or "hf-tsprompt report: " + ", ".join(r.label for r in runs)
+    nav = "".join(f'<a href="#{r.anchor}">{_e(r.label)}</a>' for r in runs)
+    if len(runs) > 1:
+        nav = '<a href="#compare">Comparison</a>' + nav
+    from . import __version__ as version
+
+    doc = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(page_title)}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>{_e(page_title)}</h1>"
+        f'<p class="muted">hf-tsprompt {_e(version)}: {len(runs)} run(s). Soft prompt '
+        "topology during training (persistent homology of the prompt vectors).</p>"
+        f"<nav>{nav}</nav></header>" + "".join(body) + "</body></html>\n"
+    )
+    return atomic_write_text(out, doc)

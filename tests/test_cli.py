@@ -1,0 +1,158 @@
+"""The ``hf-tsprompt`` CLI end to end on the tiny model and a small local dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_tsprompt.cli import EXIT_USER_ERROR, main
+from hf_tsprompt.records import read_records
+
+from tiny import TINY_HUB_ID, save_tiny_model, write_tiny_gsm8k
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = save_tiny_model(root / "model")
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["_name_or_path"] = TINY_HUB_ID
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    data_dir = write_tiny_gsm8k(root / "data")
+    return root, model_dir, data_dir
+
+
+def _recipe(folder: Path, model_dir: Path, data_dir: Path, **extra) -> Path:
+    raw = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 4, "test_size": 4},
+        "peft": {"num_virtual_tokens": 5},
+        "topology": {"every_n_steps": 2, "evaluate": "train"},
+        "training": {"max_steps": 4, "per_device_train_batch_size": 2, "learning_rate": 0.05},
+        "evaluation": {"batch_size": 4, "max_new_tokens": 6},
+    }
+    raw.update(extra)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_train_evaluate_plot_analyze_card(assets, tmp_path, capsys, monkeypatch):
+    _, model_dir, data_dir = assets
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(tmp_path, model_dir, data_dir)
+    assert main(["train", str(recipe), "--quiet", "--set", "name=cli-run"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "cli-run"
+    assert f"Run finished: {run.resolve()}" in out and "accuracy (test):" in out
+    for rel in ("run.json", "recipe.yaml", "adapter/adapter_config.json", "trainer_state.json",
+                "eval/before.json", "eval/after.json", "README.md", "figures/barcodes.png"):
+        assert (run / rel).is_file(), rel
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["global_step"] == 4
+    assert info["base_model"] == TINY_HUB_ID
+    assert [r["step"] for r in read_records(run)] == [0, 2, 4]
+    adapter_cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == TINY_HUB_ID
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert saved["name"] == "cli-run"
+
+    assert main(["evaluate", str(run), "--quiet", "--name", "again"]) == 0
+    again = json.loads((run / "eval" / "again.json").read_text())
+    after = json.loads((run / "eval" / "after.json").read_text())
+    assert again["accuracy"] == after["accuracy"] and again["total"] == 4
+
+    assert main(["plot", str(run), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "topology_curves.png").is_file()
+    assert main(["analyze", str(run)]) == 0
+    assert (run / "analysis.json").is_file() or any(run.glob("analysis*.json"))
+    assert main(["card", str(run), "--repo-id", "me/x"]) == 0
+    assert 'PeftModel.from_pretrained(base, "me/x")' in (run / "README.md").read_text()
+
+
+def test_existing_run_is_refused_then_overwritten(assets, tmp_path, capsys, monkeypatch):
+    _, model_dir, data_dir = assets
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(tmp_path, model_dir, data_dir, training={"max_steps": 2})
+    assert main(["train", str(recipe), "--quiet"]) == 0
+    marker = tmp_path / "runs" / "recipe" / "notes.txt"
+    marker.write_text("mine")
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--quiet"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--overwrite" in err and "Traceback" not in err
+    assert main(["train", str(recipe), "--quiet", "--overwrite"]) == 0
+    assert marker.read_text() == "mine"  # overwrite only replaces what a run writes
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("ts.wieght=1", "unknown key ts.wieght"),
+        ("training.max_steps=ten", "training.max_steps must be int"),
+        ("peft.method=lora", "peft.method='lora' is not allowed"),
+        ("data.source=./missing/train.jsonl", "does not exist"),
+        ("model.name_or_path=./no-such-model", "does not exist"),
+    ],
+)
+def test_bad_recipes_exit_2_without_traceback_and_write_nothing(
+    assets, tmp_path, capsys, monkeypatch, setting, message
+):
+    _, model_dir, data_dir = assets
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(tmp_path, model_dir, data_dir)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["train", str(recipe), "--quiet", "--set", setting]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()) and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_not_a_causal_lm_is_refused_before_anything_is_written(assets, tmp_path, capsys):
+    from transformers import BertConfig, BertModel
+
+    _, _, data_dir = assets
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, vocab_size=50)).save_pretrained(bert)
+    recipe = _recipe(tmp_path, bert, data_dir, output_dir=str(tmp_path / "out"))
+    assert main(["train", str(recipe), "--quiet"]) == EXIT_USER_ERROR
+    assert "causal" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_prints_the_resolved_recipe(assets, tmp_path, capsys):
+    _, model_dir, data_dir = assets
+    recipe = _recipe(tmp_path, model_dir, data_dir)
+    assert main(["train", str(recipe), "--dry-run", "--set", "ts.weight=0.5"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["ts"]["weight"] == 0.5 and printed["data"]["source"] == str(data_dir)
+
+
+def test_evaluate_and_push_on_missing_run_folder(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nope")]) == EXIT_USER_ERROR
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["push", str(tmp_path / "nope"), "--repo-id", "a/b"]) == EXIT_USER_ERROR
+    assert "nothing was pushed" in capsys.readouterr().err
+
+
+def test_help_texts_explain_themselves():
+    for args in ([], ["train"], ["evaluate"], ["plot"], ["analyze"], ["push"], ["card"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "hf_tsprompt", *args, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "usage: hf-tsprompt" in result.stdout
+    top = subprocess.run(
+        [sys.executable, "-m", "hf_tsprompt", "--help"], capture_output=True, text=True
+    ).stdout
+    for command in ("train", "evaluate", "plot", "analyze", "push"):
+        assert command in top

@@ -1,0 +1,146 @@
+"""Two CPU processes (gloo DDP) against one, on the tiny model: same prompt, same losses,
+files written once. Launched with ``torchrun`` (``accelerate launch --multi_gpu`` also works on
+CPU; ``accelerate launch --cpu --num_processes 2`` starts only one process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_tsprompt.records import read_records
+
+from tiny import TINY_HUB_ID, save_tiny_model, write_tiny_gsm8k
+
+HERE = Path(__file__).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # torchrun's --master_port 0 hangs the static rendezvous
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(nproc: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        *args,
+    ]
+    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    _torchrun(2, str(HERE / "dist_train.py"), str(root / "two"), "2")
+    _torchrun(1, str(HERE / "dist_train.py"), str(root / "one"), "4")
+    _torchrun(2, str(HERE / "fsdp_train.py"), str(root / "fsdp"), "fsdp")
+    _torchrun(1, str(HERE / "fsdp_train.py"), str(root / "fsdp_ref"), "ref")
+    return root
+
+
+def _load(folder: Path, rank: int) -> dict:
+    return json.loads((folder / f"rank{rank}.json").read_text())
+
+
+def test_two_processes_really_ran_ddp(runs):
+    assert _load(runs / "two", 0)["world_size"] == 2
+    assert _load(runs / "one", 0)["world_size"] == 1
+
+
+def test_prompt_identical_across_ranks_and_equal_to_one_process(runs):
+    import torch
+
+    r0, r1 = _load(runs / "two", 0), _load(runs / "two", 1)
+    assert r0["prompt"] == r1["prompt"]  # DDP keeps replicas bit-identical
+    single = torch.tensor(_load(runs / "one", 0)["prompt"])
+    assert torch.allclose(torch.tensor(r0["prompt"]), single, atol=1e-5, rtol=1e-4)
+
+
+def test_logged_losses_agree_across_ranks_and_with_one_process(runs):
+    logs0 = _load(runs / "two", 0)["logs"]
+    logs1 = _load(runs / "two", 1)["logs"]
+    single = _load(runs / "one", 0)["logs"]
+    assert len(logs0) == len(logs1) == len(single) == 3
+    for a, b, c in zip(logs0, logs1, single, strict=True):
+        for key in ("loss", "loss_ce", "loss_ts", "ts_h0", "ts_h1"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+            assert a[key] == pytest.approx(c[key], rel=1e-4), key
+
+
+def test_barcodes_and_adapter_written_once(runs):
+    lines = (runs / "two" / "topology" / "records.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    assert steps == [0, 1, 2, 3]
+    assert (runs / "two" / "adapter" / "adapter_model.safetensors").is_file()
+    assert len(list((runs / "two" / "topology" / "prompts").glob("*.npy"))) == 4
+
+
+def test_cli_under_torchrun(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    data_dir = write_tiny_gsm8k(tmp_path / "data")
+    recipe = tmp_path / "dist.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "run"),
+                "model": {"name_or_path": str(model_dir)},
+                "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 4, "test_size": 2},
+                "peft": {"num_virtual_tokens": 5},
+                "topology": {"every_n_steps": 1, "evaluate": "none"},
+                "training": {"max_steps": 2, "per_device_train_batch_size": 2},
+                "evaluation": {"batch_size": 2, "max_new_tokens": 4},
+            }
+        )
+    )
+    result = _torchrun(2, "-m", "hf_tsprompt", "train", str(recipe), "--quiet")
+    assert result.stdout.count("Run finished") == 1  # the summary comes from rank 0 only
+    run = tmp_path / "run"
+    info = json.loads((run / "run.json").read_text())
+    assert info["num_processes"] == 2 and info["status"] == "finished"
+    assert info["base_model"] == model_dir.name or info["base_model"] == TINY_HUB_ID
+    assert [r["step"] for r in read_records(run)] == [0, 1, 2]
+    assert (run / "adapter" / "adapter_config.json").is_file() and (run / "README.md").is_file()
+
+
+def test_fsdp2_shards_the_prompt_but_tsloss_sees_all_of_it(runs):
+    import torch
+
+    r0, r1 = _load(runs / "fsdp", 0), _load(runs / "fsdp", 1)
+    ref = _load(runs / "fsdp_ref", 0)
+    # The parameter is really sharded: 4 of the 8 rows per rank, a DTensor outside forward...
+    assert r0["param_type"] == "DTensor" and r0["local_rows"] == r1["local_rows"] == 4
+    assert r0["outside_forward_type"] == "DTensor"
+    # ...while the prompt captured in the forward pass is the whole 8 x d matrix,
+    assert r0["captured_rows"] == r1["captured_rows"] == [8, 8, 8]
+    # so the regulariser and the training match the unsharded reference step for step.
+    assert r0["regs"] == pytest.approx(ref["regs"], rel=1e-5)
+    assert r0["prompt"] == r1["prompt"]
+    assert torch.allclose(torch.tensor(r0["prompt"]), torch.tensor(ref["prompt"]), atol=1e-5)
+
+
+def test_trainer_falls_back_to_ddp_for_fsdp_on_cpu(runs, tmp_path):
+    # Documented limitation: on CPU, accelerate runs FSDP requests as plain DDP (MULTI_CPU).
+    extra = json.dumps({"fsdp": "full_shard", "fsdp_config": {"fsdp_version": 2}})
+    _torchrun(2, str(HERE / "dist_train.py"), str(tmp_path / "f"), "2", extra)
+    r0 = _load(tmp_path / "f", 0)
+    assert r0["world_size"] == 2 and r0["param_type"] == "Parameter"
+    assert r0["prompt"] == _load(runs / "two", 0)["prompt"]
