@@ -26,6 +26,8 @@ examples:
   hf-tsprompt evaluate runs/smollm2-gsm8k
   hf-tsprompt plot runs/ce-only runs/smollm2-gsm8k --labels CE TSLoss --out figures/
   hf-tsprompt analyze runs/*
+  hf-tsprompt explain runs/smollm2-gsm8k
+  hf-tsprompt report runs/ce-only runs/smollm2-gsm8k --labels CE TSLoss
   hf-tsprompt push runs/smollm2-gsm8k --repo-id me/smollm2-gsm8k-tsloss
   accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m hf_tsprompt train RECIPE
 """
@@ -112,6 +114,28 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_run, format_explain, save_explain
+
+    result = explain_run(args.run_dir, top_k=args.top_k)
+    json_path, md_path = save_explain(result, args.run_dir)
+    print(format_explain(result))
+    print(f"written: {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    if args.labels and len(args.labels) != len(args.run_dirs):
+        raise _usage(f"--labels needs one label per run folder ({len(args.run_dirs)}).")
+    out = args.out or (
+        Path(args.run_dirs[0]) / "report.html" if len(args.run_dirs) == 1 else Path("report.html")
+    )
+    print(build_report(args.run_dirs, out, labels=args.labels))
+    return 0
+
+
 def _usage(message: str) -> UserError:
     from .errors import ConfigError
 
@@ -189,6 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None, help="output folder (default: the run folder)")
     p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser(
+        "explain",
+        help="what the prompt reads like: nearest vocabulary tokens, H0 components, H1 loops",
+        description="For each virtual token, its nearest vocabulary tokens by cosine similarity "
+        "(the PGSPT projection) at the start and the end of training; which tokens are the "
+        "long-lived H0 components, and which vectors form the H1 loops that disappear. Writes "
+        "explain.json and explain.md into the run folder.",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--top-k", type=int, default=5, help="neighbours per virtual token")
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML report of one or several runs",
+        description="Configuration, accuracy, loss and topology curves, barcodes, heatmaps, "
+        "PCA/t-SNE and the explain table of each run, side by side, in one HTML file with "
+        "every image embedded (default: <run>/report.html, or ./report.html for several).",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output HTML file")
+    p.add_argument("--labels", nargs="+", default=None, help="label per run")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("card", help="(re)render the model card README.md of a run folder")
     p.add_argument("run_dir")

@@ -55,7 +55,12 @@ TOPOLOGY_ROWS: tuple[tuple[str, str], ...] = (
     ("persistence entropy", "entropy"),
 )
 #: Files and folders of a run folder that are uploaded (beside the adapter at the root).
-PUSHED_FILES: tuple[str, ...] = ("run.json", "recipe.yaml", "topology/records.jsonl")
+PUSHED_FILES: tuple[str, ...] = (
+    "run.json",
+    "recipe.yaml",
+    "topology/records.jsonl",
+    "explain.json",
+)
 PUSHED_GLOBS: tuple[str, ...] = ("figures/*.png", "eval/*.json")
 
 
@@ -209,6 +214,8 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
     import yaml
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    from .explain import explain_rows
+
     run_dir = Path(run_dir)
     info = run_info(run_dir)
     recipe_path = run_dir / "recipe.yaml"
@@ -293,7 +300,7 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
         "start_step": start_step if start_step is not None else "?",
         "end_step": end_step if end_step is not None else "?",
         "figures": figures,
-        "explain_rows": info.get("explain_rows") or [],
+        "explain_rows": explain_rows(run_dir),
         "versions": sorted((info.get("versions") or {}).items()),
     }
     return ModelCard.from_template(card_data, template_path=str(template_path()), **context)

@@ -58,6 +58,10 @@ RUN_ARTIFACTS: tuple[str, ...] = (
     "README.md",
     "trainer_state.json",
     "report.html",
+    "explain.json",
+    "explain.md",
+    "analysis.md",
+    "analysis.json",
 )
 SUMMARY_METRICS: tuple[str, ...] = (
     "h0_count",
@@ -491,6 +495,7 @@ def train_from_recipe(
             )
             atomic_write_json(run_dir / RUN_FILE, run_info)
             figures = _figures(run_dir, say)
+            _explain(run_dir, loaded, say)
             _card(run_dir, say)
         state.wait_for_everyone()
 
@@ -535,6 +540,19 @@ def _figures(run_dir: Path, log: Log) -> list[Path]:
             "is complete; retry with `hf-tsprompt plot RUN_DIR`."
         )
         return []
+
+
+def _explain(run_dir: Path, loaded: Any, log: Log) -> None:
+    from .explain import Vocabulary, explain_run, save_explain
+
+    try:
+        vocab = Vocabulary.from_model(loaded.model, loaded.tokenizer)
+        save_explain(explain_run(run_dir, vocab=vocab), run_dir)
+    except Exception as err:  # the explanation can be rebuilt with `hf-tsprompt explain`
+        log(
+            f"[hf-tsprompt] warning: explain failed ({type(err).__name__}: {err}); retry with "
+            "`hf-tsprompt explain RUN_DIR`."
+        )
 
 
 def _card(run_dir: Path, log: Log) -> None:

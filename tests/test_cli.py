@@ -71,6 +71,11 @@ def test_train_evaluate_plot_analyze_card(assets, tmp_path, capsys, monkeypatch)
     assert (tmp_path / "figs" / "topology_curves.png").is_file()
     assert main(["analyze", str(run)]) == 0
     assert (run / "analysis.json").is_file() or any(run.glob("analysis*.json"))
+    assert (run / "explain.json").is_file()  # written at the end of training
+    assert main(["explain", str(run), "--top-k", "3"]) == 0
+    assert "virtual token" in capsys.readouterr().out.lower()
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert main(["card", str(run), "--repo-id", "me/x"]) == 0
     assert 'PeftModel.from_pretrained(base, "me/x")' in (run / "README.md").read_text()
 
@@ -142,7 +147,8 @@ def test_evaluate_and_push_on_missing_run_folder(tmp_path, capsys):
 
 
 def test_help_texts_explain_themselves():
-    for args in ([], ["train"], ["evaluate"], ["plot"], ["analyze"], ["push"], ["card"]):
+    commands = ["train", "evaluate", "plot", "analyze", "push", "card", "explain", "report"]
+    for args in ([], *([c] for c in commands)):
         result = subprocess.run(
             [sys.executable, "-m", "hf_tsprompt", *args, "--help"],
             capture_output=True,
@@ -154,5 +160,5 @@ def test_help_texts_explain_themselves():
     top = subprocess.run(
         [sys.executable, "-m", "hf_tsprompt", "--help"], capture_output=True, text=True
     ).stdout
-    for command in ("train", "evaluate", "plot", "analyze", "push"):
+    for command in commands:
         assert command in top
