@@ -30,7 +30,7 @@ import numpy as np
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .errors import ConfigError
-from .prompts import full_prompt_matrix, get_prompt_peft_model, prompt_matrix
+from .prompts import full_prompt_matrix, is_sharded, prompt_matrix
 from .records import (
     RECORDS_FILE,
     make_record,
@@ -58,13 +58,6 @@ LOGGED_KEYS: tuple[str, ...] = (
 )
 
 EvalFn = Callable[[Any], "float | Mapping[str, Any]"]
-
-
-def _is_sharded(model: Any, adapter: str | None) -> bool:
-    """Whether FSDP2 sharded the prompt parameters (then reading them is a collective)."""
-    inner, name, _ = get_prompt_peft_model(model, adapter)
-    weight = inner.prompt_encoder[name].embedding.weight
-    return callable(getattr(weight, "full_tensor", None))
 
 
 def _steps_up_to(tdir: Path, step: int) -> set[int]:
@@ -231,8 +224,8 @@ class PersistenceCallback(TrainerCallback):
             return
         self._recorded.add(step)
         t0 = time.perf_counter()
-        if _is_sharded(model, self.adapter):
-            P_t = full_prompt_matrix(model, self.adapter)  # FSDP2 all-gather: every rank
+        if is_sharded(model, self.adapter):
+            P_t = full_prompt_matrix(model, self.adapter)  # a gather: every rank takes part
         elif state.is_world_process_zero:
             P_t = prompt_matrix(model, self.adapter)
         if not state.is_world_process_zero:

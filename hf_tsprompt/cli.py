@@ -37,7 +37,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .pipeline import format_summary, train_from_recipe
     from .recipes import load_recipe
 
-    recipe = load_recipe(args.recipe, args.set or [])
+    recipe = load_recipe(args.recipe, args.set or [], variant=args.variant)
     if args.dry_run:
         print(recipe.to_yaml(), end="")
         print(f"# recipe is valid; the run folder would be {recipe.run_dir}", file=sys.stderr)
@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="KEY=VALUE",
         help="override a recipe field, e.g. --set ts.weight=0.5 --set training.max_steps=100",
+    )
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="a named variant declared in the recipe (e.g. a baseline: soft-prompt, l2, ...)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

@@ -152,6 +152,7 @@ def _training_rows(info: dict[str, Any], recipe: dict[str, Any]) -> list[tuple[s
         "lambda_repel",
         "lambda_attract",
         "variant",
+        "scale",
     ):
         if key in ts:
             symbol = {"weight": "lambda_ts"}.get(key, key)

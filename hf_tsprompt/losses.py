@@ -46,6 +46,8 @@ from torch import nn
 
 Variant = Literal["soft", "exact"]
 VARIANTS: tuple[str, ...] = ("soft", "exact")
+Scale = Literal["absolute", "mean"]
+SCALES: tuple[str, ...] = ("absolute", "mean")
 
 
 @dataclass
@@ -214,6 +216,7 @@ def ts_loss(
     lambda_repel: float = 1.0,
     lambda_attract: float = 1.0,
     variant: Variant = "soft",
+    scale: Scale = "absolute",
 ) -> TSLossOutput:
     """The Topological Soft Prompt Loss of prompt matrix ``P`` (n x d), Eq. 1-6.
 
@@ -230,6 +233,10 @@ def ts_loss(
         lambda_attract: weight of the attraction term of Eq. 3.
         variant: ``"soft"`` (the paper's form, default) or ``"exact"`` (true persistence pairs,
             :func:`exact_ts_terms`).
+        scale: ``"absolute"`` (the paper: D as is, so tau and alpha are in the prompt's distance
+            units) or ``"mean"`` (scale-free: D divided by its mean off-diagonal entry, held
+            constant for the gradient, so tau and alpha are relative to the typical distance
+            and the loss does not vanish for small-norm prompts such as N(0, 0.02^2) ones).
 
     Returns:
         :class:`TSLossOutput`; ``total = beta_h0 * h0 + beta_h1 * h1``.
@@ -250,8 +257,14 @@ def ts_loss(
         _check_weight(name, value)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
 
     D = pairwise_distances(P)
+    if scale == "mean":
+        # A constant factor for the gradient: the loss then shapes the cloud, not its size.
+        mean = _off_diagonal(D).mean().detach()
+        D = D / mean.clamp_min(torch.finfo(D.dtype).tiny)
     if variant == "exact":
         h0, h1, delta, zeta = exact_ts_terms(D)
     else:
@@ -328,6 +341,7 @@ class TSLoss(nn.Module):
         lambda_repel: float = 1.0,
         lambda_attract: float = 1.0,
         variant: Variant = "soft",
+        scale: Scale = "absolute",
     ) -> None:
         super().__init__()
         _check_positive("tau", tau)
@@ -341,6 +355,9 @@ class TSLoss(nn.Module):
         self.lambda_repel = lambda_repel
         self.lambda_attract = lambda_attract
         self.variant: Variant = variant
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
+        self.scale: Scale = scale
 
     def forward(self, P: torch.Tensor) -> TSLossOutput:
         return ts_loss(
@@ -352,13 +369,14 @@ class TSLoss(nn.Module):
             lambda_repel=self.lambda_repel,
             lambda_attract=self.lambda_attract,
             variant=self.variant,
+            scale=self.scale,
         )
 
     def extra_repr(self) -> str:
         return (
             f"tau={self.tau}, alpha={self.alpha}, beta_h0={self.beta_h0}, beta_h1={self.beta_h1}, "
             f"lambda_repel={self.lambda_repel}, lambda_attract={self.lambda_attract}, "
-            f"variant={self.variant!r}"
+            f"variant={self.variant!r}, scale={self.scale!r}"
         )
 
 

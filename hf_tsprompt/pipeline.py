@@ -318,6 +318,7 @@ def training_config(recipe: Recipe, run_dir: Path):
             ts_lambda_repel=ts.lambda_repel,
             ts_lambda_attract=ts.lambda_attract,
             ts_variant=ts.variant,
+            ts_scale=ts.scale,
             **values,
         )
     except ConfigError:

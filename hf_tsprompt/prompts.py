@@ -261,9 +261,29 @@ class PromptCapture:
         self._handle.remove()
 
 
+def is_sharded(model: nn.Module, adapter: str | None = None) -> bool:
+    """Whether FSDP2 or DeepSpeed ZeRO-3 partitioned the prompt parameters, so that reading
+    them outside a forward pass is a collective (:func:`full_prompt_matrix`)."""
+    inner, name, _ = get_prompt_peft_model(model, adapter)
+    weight = inner.prompt_encoder[name].embedding.weight
+    return callable(getattr(weight, "full_tensor", None)) or hasattr(weight, "ds_id")
+
+
 def full_prompt_matrix(model: nn.Module, adapter: str | None = None) -> torch.Tensor:
-    """:func:`prompt_matrix`, all-gathered if FSDP2 sharded it (then a collective: call it on
-    every rank)."""
-    P = prompt_matrix(model, adapter)
+    """:func:`prompt_matrix` with the full parameters, detached.
+
+    Under FSDP2 the parameters are DTensor shards (all-gathered here); under DeepSpeed ZeRO-3
+    they are partitioned (gathered with ``deepspeed.zero.GatheredParameters``). Either way this
+    is a collective: call it on every rank.
+    """
+    inner, name, _ = get_prompt_peft_model(model, adapter)
+    params = list(inner.prompt_encoder[name].parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None), torch.no_grad():
+            return prompt_matrix(model, adapter).detach().clone()
+    with torch.no_grad():
+        P = prompt_matrix(model, adapter)
     full = getattr(P, "full_tensor", None)
-    return full() if callable(full) else P
+    return (full() if callable(full) else P).detach()

@@ -111,6 +111,8 @@ class TSSection:
     lambda_attract: float = 1.0
     variant: str = "soft"
     """soft (the paper) | exact (true persistence pairs)."""
+    scale: str = "absolute"
+    """absolute (the paper) | mean (distances divided by their mean: tau, alpha relative)."""
 
 
 @dataclass
@@ -183,6 +185,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "peft.init": ("normal", "random", "text", "sample_vocab"),
     "ts.regularizer": ("tsloss", "l2", "pdloss", "none"),
     "ts.variant": ("soft", "exact"),
+    "ts.scale": ("absolute", "mean"),
     "topology.evaluate": ("none", "train", "test", "both"),
 }
 _POSITIVE: tuple[str, ...] = (
@@ -447,9 +450,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Read, override (``--set``) and validate a recipe file; the default name is its stem."""
-    path = Path(path)
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError(
             f"recipe {path} not found. Recipes shipped with hf-tsprompt are in recipes/ "
@@ -465,11 +466,74 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recip
     except UnicodeDecodeError:
         raise ConfigError(f"recipe {path} is not UTF-8 text.") from None
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(
             f"recipe {path} must be a YAML mapping of sections, got {type(raw).__name__}."
         )
+    return raw
+
+
+def _resolve_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The recipe at ``path`` merged over its ``base:`` chain (paths relative to each file).
+
+    Relative paths inside a base (``data.source``) are rewritten to absolute ones, so they
+    keep pointing where the base meant wherever the including recipe lives.
+    """
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"recipe base chain loops: {chain}.")
+    raw = _read_yaml_mapping(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"base in {path} must be a path to another recipe, got {base!r}.")
+    base_path = (path.parent / base).resolve()
+    parent = _resolve_bases(base_path, (*seen, path))
+    for section, key in (("data", "source"), ("model", "name_or_path")):
+        value = (parent.get(section) or {}).get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            candidate = base_path.parent / value
+            if candidate.exists():
+                parent[section][key] = str(candidate.resolve())
+    parent.pop("name", None)  # a base never names the run
+    return _merge(parent, raw)
+
+
+def load_recipe(
+    path: str | Path, overrides: typing.Sequence[str] = (), *, variant: str | None = None
+) -> Recipe:
+    """Read a recipe file (with its ``base:`` chain), apply a variant and ``--set`` overrides,
+    and validate it. The default name is the file's stem (plus ``-<variant>``).
+
+    A recipe may declare ``variants: {name: {section: {key: value}}}``: named overrides for the
+    baselines of the same setup (e.g. ``soft-prompt``, ``l2``, ``prefix-tuning``), selected
+    with ``variant=`` / ``hf-tsprompt train RECIPE --variant NAME``.
+    """
+    path = Path(path)
+    raw = _resolve_bases(path)
     raw.setdefault("name", path.stem)
+    variants = raw.pop("variants", None) or {}
+    if not isinstance(variants, dict):
+        raise ConfigError(f"variants in {path} must be a mapping of name -> overrides.")
+    if variant is not None:
+        if variant not in variants:
+            known = ", ".join(sorted(variants)) or "none"
+            raise ConfigError(
+                f"recipe {path} has no variant {variant!r}.{_suggest(variant, variants)} "
+                f"Its variants: {known}."
+            )
+        chosen = variants[variant]
+        if not isinstance(chosen, dict):
+            raise ConfigError(f"variant {variant!r} in {path} must be a mapping of overrides.")
+        raw = _merge(raw, chosen)
+        raw["name"] = f"{raw['name']}-{variant}"
     merged = _merge(raw, parse_overrides(overrides))
     return recipe_from_dict(merged, base_dir=path.resolve().parent)
+
+
+def recipe_variants(path: str | Path) -> list[str]:
+    """The names of the variants a recipe file (or its bases) declares."""
+    return sorted((_resolve_bases(Path(path)).get("variants") or {}).keys())

@@ -40,7 +40,7 @@ from transformers import Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from .errors import ConfigError
-from .losses import REGULARIZERS, VARIANTS, l2_loss, pairwise_distance_loss, ts_loss
+from .losses import REGULARIZERS, SCALES, VARIANTS, l2_loss, pairwise_distance_loss, ts_loss
 from .prompts import PromptCapture, get_prompt_peft_model, prompt_matrix
 
 
@@ -85,6 +85,13 @@ class TSArguments:
             "(true persistence pairs, see hf_tsprompt.losses.exact_ts_terms)."
         },
     )
+    ts_scale: str = field(
+        default="absolute",
+        metadata={
+            "help": "'absolute' (the paper: distances as they are) or 'mean' (scale-free: "
+            "distances divided by their mean, so tau and alpha are relative)."
+        },
+    )
     ts_adapter: str | None = field(
         default=None,
         metadata={"help": "peft adapter whose prompt is regularised (default: the active one)."},
@@ -96,6 +103,10 @@ class TSArguments:
             raise ConfigError(
                 f"ts_regularizer={self.ts_regularizer!r} is unknown; choose one of "
                 f"{', '.join(REGULARIZERS)}."
+            )
+        if self.ts_scale not in SCALES:
+            raise ConfigError(
+                f"ts_scale={self.ts_scale!r} is unknown; choose one of {', '.join(SCALES)}."
             )
         if self.ts_variant not in VARIANTS:
             raise ConfigError(
@@ -176,6 +187,7 @@ class TopologicalLossMixin:
                     lambda_repel=args.ts_lambda_repel,
                     lambda_attract=args.ts_lambda_attract,
                     variant=args.ts_variant,
+                    scale=args.ts_scale,
                 )
                 parts = out.detached()
                 return out.total, {

@@ -288,3 +288,32 @@ def test_exact_without_loops_has_zero_h1():
     assert out.h1.item() == 0.0
     out.total.backward()
     assert torch.isfinite(P.grad).all()
+
+
+# --- scale-free distances ----------------------------------------------------------------------
+
+
+def test_mean_scale_is_invariant_to_the_prompt_norm():
+    torch.manual_seed(0)
+    P = torch.randn(12, 64, dtype=torch.float64)
+    a = ts_loss(P, tau=0.1, alpha=10.0, scale="mean")
+    b = ts_loss(P * 0.02, tau=0.1, alpha=10.0, scale="mean")
+    assert a.total.item() == pytest.approx(b.total.item(), rel=1e-9)
+    # ... which the paper's absolute form is not: small prompts make it vanish.
+    small = ts_loss(P * 0.02, tau=0.1, alpha=10.0)
+    assert small.total.item() < 1e-3 * a.total.item()
+
+
+def test_mean_scale_equals_the_absolute_form_on_rescaled_distances():
+    torch.manual_seed(1)
+    P = torch.randn(9, 16, dtype=torch.float64)
+    mean = pairwise_distances(P)[~torch.eye(9, dtype=torch.bool)].mean()
+    a = ts_loss(P, tau=0.3, alpha=4.0, scale="mean")
+    b = ts_loss(P / mean, tau=0.3, alpha=4.0)
+    for field in ("total", "h0", "h1", "delta", "zeta"):
+        assert getattr(a, field).item() == pytest.approx(getattr(b, field).item(), rel=1e-9)
+    Q = P.clone().requires_grad_(True)
+    ts_loss(Q, tau=0.3, alpha=4.0, scale="mean").total.backward()
+    assert torch.isfinite(Q.grad).all()
+    with pytest.raises(ValueError, match="scale must be one of"):
+        ts_loss(P, tau=0.3, alpha=4.0, scale="relative")
