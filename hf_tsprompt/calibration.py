@@ -14,9 +14,9 @@ training-free and has two parts, both implemented here:
 2. **Input-adaptive calibration at inference**, in the kept heads only. For every key ``t``
    the *attention score it receives* is its mean attention over the queries that can see it,
    ``a_t = sum_i A[i, t] / #{i : i can attend t}``; key ``t`` is a sink when ``a_t`` exceeds a
-   threshold (the paper states it relative to the length, ``alpha / N``; the public code uses
-   an absolute ``THRES = 0.1``). Every sink except the initial token gets its attention
-   scaled by ``beta`` (``BETA = 0.4`` in the code) and each row's freed mass
+   threshold (summaries of the paper state it relative to the length, ``alpha / N``; the
+   public code uses an absolute ``THRES = 0.1``). Every sink except the initial token gets
+   its attention scaled by ``beta`` (``BETA = 0.4`` in the code) and each row's freed mass
    ``(1 - beta) * sum_{s in S} A[i, s]`` goes to the non-sink keys in proportion to their
    attention, so rows still sum to 1 (``atten_process_eval`` in
    ``models/llama_modelling_aug.py``).
@@ -30,12 +30,13 @@ edits are delegated to the model's own implementation (eager or sdpa); edited la
 eager math (softmax in float32, exactly as transformers' ``eager_attention_forward``), and
 the calibration itself runs in float32.
 
-Where it differs from the paper and the public code (each one deliberate):
+Where it differs from the paper and the public code (each one deliberate; the method is
+taken from the public code, and from summaries of the paper where the code is silent):
 
 - **Score for head filtering**: mean token negative log-likelihood of the calibration rows'
   reference targets (teacher forcing), not accuracy. The public code scores classification
   / one-token multiple choice; our tasks are generative and calibration sets are small (the
-  paper's protocol trains on 10 rows), where accuracy is too coarse to rank heads.
+  TSLoss paper trains on 10 rows), where accuracy is too coarse to rank heads.
 - **Head search**: ``search="exact"`` calibrates every candidate head on its own, as ACT does.
   The default ``"taylor"`` first ranks all heads at once by the first-order change of the loss,
   ``sum <dL/dA_h, A'_h - A_h>`` (one forward + backward pass), then checks only the
@@ -51,7 +52,10 @@ Where it differs from the paper and the public code (each one deliberate):
   public code ran batch size 1 without padding).
 - **Generation with a KV cache**: the public code only ever ran one forward pass. During
   decoding the column statistics keep accumulating over every query seen so far (prompt and
-  generated tokens), so the sink set is re-judged at each step from all the evidence so far.
+  generated tokens), so the sink set is re-judged at each step from all the evidence so far
+  (and, as for the last keys of the public code's single pass, a new key is first judged on
+  the few queries that have seen it). The last decoding step equals the last row of one
+  uncached pass over the same tokens whenever the calibrated layers' inputs agree.
 """
 
 from __future__ import annotations

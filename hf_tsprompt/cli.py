@@ -53,18 +53,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import evaluate_run
 
+    dpc = None
+    if args.dpc:
+        from .dpc import DPCConfig
+
+        dpc = DPCConfig(trigger_ratio=args.dpc_trigger_ratio)
     result = evaluate_run(
         args.run_dir,
         name=args.name,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
+        calibration=args.calibration,
+        dpc=dpc,
         progress=not args.quiet,
     )
-    print(
-        f"accuracy: {100 * result.accuracy:.1f}% ({result.correct}/{result.total}); "
-        f"predictions in {Path(args.run_dir) / 'eval' / (args.name + '_predictions.jsonl')}"
-    )
+    extra = ""
+    if args.dpc:
+        fired = sum(bool(p.get("dpc", {}).get("triggered")) for p in result.predictions)
+        extra = f"; DPC triggered on {fired}/{result.total}"
+    print(f"accuracy: {100 * result.accuracy:.1f}% ({result.correct}/{result.total}){extra}")
     return 0
 
 
@@ -190,10 +198,35 @@ def build_parser() -> argparse.ArgumentParser:
         "(greedy generation); writes eval/<name>.json and eval/<name>_predictions.jsonl.",
     )
     p.add_argument("run_dir")
-    p.add_argument("--name", default="after", help="output name under eval/ (default: after)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="output name under eval/ (default: after, after_act or after_dpc)",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="score only the first N test rows")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--calibration",
+        choices=("none", "act"),
+        default="none",
+        help="act: attention calibration (ACT, Yu et al. 2024): heads searched on the run's "
+        "training rows, saved in <run>/calibration/act.json and reused",
+    )
+    group.add_argument(
+        "--dpc",
+        action="store_true",
+        help="dynamic prompt corruption (DPC, Fan et al. 2025): mask the most influential "
+        "prompt token and regenerate when the prompt's influence on the answer is judged harmful",
+    )
+    p.add_argument(
+        "--dpc-trigger-ratio",
+        type=float,
+        default=0.5,
+        help="DPC fires when this share of the answer's latter half exceeds the prompt-flow "
+        "baseline (default 0.5)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -62,6 +62,7 @@ RUN_ARTIFACTS: tuple[str, ...] = (
     "explain.md",
     "analysis.md",
     "analysis.json",
+    "calibration",
 )
 SUMMARY_METRICS: tuple[str, ...] = (
     "h0_count",
@@ -169,13 +170,25 @@ def check_run_folder(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
         )
 
 
+def _complete_checkpoint(path: Path) -> bool:
+    """Whether a ``checkpoint-N`` folder was fully written: the Trainer writes its
+    ``trainer_state.json`` last, without an atomic rename, so a job killed while writing it
+    leaves a torn file; such a checkpoint is skipped rather than crashing the resume."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The ``checkpoint-N`` folder with the largest N that has a trainer state, or None."""
+    """The ``checkpoint-N`` folder with the largest N that is complete, or None."""
     best: tuple[int, Path] | None = None
     for path in run_dir.glob("checkpoint-*"):
         suffix = path.name.split("-", 1)[1]
-        complete = suffix.isdigit() and (path / "trainer_state.json").is_file()
-        if complete and (best is None or int(suffix) > best[0]):
+        if not suffix.isdigit() or (best is not None and int(suffix) <= best[0]):
+            continue
+        if _complete_checkpoint(path):
             best = (int(suffix), path)
     return best[1] if best else None
 
@@ -465,6 +478,11 @@ def train_from_recipe(
             data_collator=TrainCollator(loaded.tokenizer),
             callbacks=[callback, *(extra_callbacks or [])],
         )
+        if not progress:
+            from transformers.trainer_callback import PrinterCallback
+
+            # Without tqdm the Trainer prints every log dict instead; quiet means quiet.
+            trainer.remove_callback(PrinterCallback)
         say(f"[hf-tsprompt] training into {run_dir} ...")
         checkpoint = str(last_checkpoint(run_dir)) if resume else None
         train_out = trainer.train(resume_from_checkpoint=checkpoint)
@@ -481,6 +499,15 @@ def train_from_recipe(
                 say("[hf-tsprompt] accuracy after training ...")
                 after = _evaluate(
                     model, loaded.tokenizer, task, test_rows, recipe, run_dir, "after", progress
+                ).accuracy
+            for kind in _inference_baselines(recipe):
+                say(f"[hf-tsprompt] accuracy after training, with {kind.upper()} ...")
+                run_info[f"accuracy_after_{kind}"] = evaluate_run(
+                    run_dir,
+                    calibration="act" if kind == "act" else None,
+                    dpc=kind == "dpc",
+                    progress=progress,
+                    loaded=(model, loaded.tokenizer),
                 ).accuracy
             records = read_records(run_dir)
             run_info.update(
@@ -510,6 +537,12 @@ def train_from_recipe(
         figures=figures,
         is_main_process=main,
     )
+
+
+def _inference_baselines(recipe: Recipe) -> list[str]:
+    """The inference-time methods a recipe asks to score after training (ACT, DPC)."""
+    kinds = ["act"] if recipe.evaluation.calibration == "act" else []
+    return [*kinds, "dpc"] if recipe.evaluation.dpc else kinds
 
 
 def _training_summary(args: Any) -> dict[str, Any]:
@@ -615,6 +648,12 @@ def load_run_model(run_dir: str | Path):
             f"{run_dir} has no trained adapter ({adapter}/adapter_config.json); the training "
             "did not finish. Resume it with `hf-tsprompt train RECIPE --resume`."
         )
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise RunFolderError(
+            f"{adapter} has no adapter_model.safetensors. hf-tsprompt reads weights as "
+            "safetensors only (a pickled adapter_model.bin can run code when loaded); re-run "
+            "or resume the training to write it."
+        )
     loaded = load_base_model(recipe.model.name_or_path, dtype=recipe.model.dtype)
     model = PeftModel.from_pretrained(loaded.model, adapter)
     model.eval()
@@ -624,33 +663,64 @@ def load_run_model(run_dir: str | Path):
 def evaluate_run(
     run_dir: str | Path,
     *,
-    name: str = "after",
+    name: str | None = None,
     batch_size: int | None = None,
     max_new_tokens: int | None = None,
     limit: int | None = None,
+    calibration: str | None = None,
+    dpc: Any = None,
     progress: bool = True,
+    loaded: tuple[Any, Any] | None = None,
 ) -> Any:
-    """Re-run the test evaluation of a finished run; writes ``eval/<name>.json``."""
+    """Re-run the test evaluation of a finished run; writes ``eval/<name>.json``.
+
+    ``calibration="act"`` evaluates with ACT attention calibration (heads searched on the
+    run's training rows once and saved in ``<run>/calibration/act.json``, reused while the
+    adapter is unchanged); ``dpc`` (a :class:`hf_tsprompt.dpc.DPCConfig`, or True for its
+    defaults) evaluates with dynamic prompt corruption. ``name`` defaults to ``after``,
+    ``after_act`` or ``after_dpc``; only a plain re-evaluation updates ``accuracy_after``.
+    ``loaded`` = ``(peft_model, tokenizer)`` reuses a model already in memory.
+    """
     from .evaluation import evaluate_model, save_eval
 
+    if calibration not in (None, "none", "act"):
+        raise ConfigError(f"calibration must be 'none' or 'act', got {calibration!r}.")
+    calibration = None if calibration == "none" else calibration
+    if calibration and dpc:
+        raise ConfigError("ACT calibration and DPC cannot be combined; choose one of them.")
     run_dir = Path(run_dir)
-    model, tokenizer, recipe, info = load_run_model(run_dir)
+    if loaded is None:
+        model, tokenizer, recipe, info = load_run_model(run_dir)
+    else:  # the pipeline's own model, right after training
+        (model, tokenizer), recipe, info = loaded, load_run_recipe(run_dir), read_run(run_dir)
     task, _, test_rows = load_data(recipe)
     if limit is not None:
         test_rows = test_rows[:limit]
-    result = evaluate_model(
-        model,
-        tokenizer,
-        task,
-        test_rows,
-        batch_size=batch_size or recipe.evaluation.batch_size,
-        max_new_tokens=max_new_tokens or recipe.evaluation.max_new_tokens,
-        progress=progress,
-        max_prompt_tokens=recipe.data.max_length,
-    )
+    kwargs = {
+        "batch_size": batch_size or recipe.evaluation.batch_size,
+        "max_new_tokens": max_new_tokens or recipe.evaluation.max_new_tokens,
+        "progress": progress,
+        "max_prompt_tokens": recipe.data.max_length,
+    }
+    if calibration == "act":
+        from .calibration import act_attention, calibrate_run
+
+        act = calibrate_run(run_dir, model=model, tokenizer=tokenizer)
+        with act_attention(model, act):
+            result = evaluate_model(model, tokenizer, task, test_rows, **kwargs)
+        name = name or "after_act"
+    elif dpc:
+        from .dpc import DPCConfig, evaluate_with_dpc
+
+        config = dpc if isinstance(dpc, DPCConfig) else DPCConfig()
+        result = evaluate_with_dpc(model, tokenizer, task, test_rows, config=config, **kwargs)
+        name = name or "after_dpc"
+    else:
+        result = evaluate_model(model, tokenizer, task, test_rows, **kwargs)
+        name = name or "after"
     eval_dir = run_dir / EVAL_DIR
     save_eval(result, eval_dir / f"{name}.json", eval_dir / f"{name}_predictions.jsonl")
-    if name == "after":
+    if name == "after" and not calibration and not dpc:
         info["accuracy_after"] = result.accuracy
         atomic_write_json(run_dir / RUN_FILE, info)
     return result

@@ -136,6 +136,10 @@ class EvaluationSection:
     max_new_tokens: int = 256
     before: bool = True
     after: bool = True
+    calibration: str = "none"
+    """none | act: also score with ACT attention calibration (Table III's ACT row)."""
+    dpc: bool = False
+    """Also score with dynamic prompt corruption (Table III's DPC row)."""
 
 
 @dataclass
@@ -186,6 +190,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "ts.regularizer": ("tsloss", "l2", "pdloss", "none"),
     "ts.variant": ("soft", "exact"),
     "ts.scale": ("absolute", "mean"),
+    "evaluation.calibration": ("none", "act"),
     "topology.evaluate": ("none", "train", "test", "both"),
 }
 _POSITIVE: tuple[str, ...] = (
@@ -462,14 +467,18 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"recipe {path} is not valid YAML{where}: {problem}.") from None
+        raise ConfigError(
+            f"recipe {path} is not valid YAML{where}: {problem}. Fix the syntax there (indent "
+            "with spaces, not tabs; close every bracket and quote)."
+        ) from None
     except UnicodeDecodeError:
-        raise ConfigError(f"recipe {path} is not UTF-8 text.") from None
+        raise ConfigError(f"recipe {path} is not UTF-8 text; save it as UTF-8.") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"recipe {path} must be a YAML mapping of sections, got {type(raw).__name__}."
+            f"recipe {path} must be a YAML mapping of sections, got {type(raw).__name__}; "
+            "write `section: {key: value}` lines (see recipes/smollm2-gsm8k.yaml)."
         )
     return raw
 

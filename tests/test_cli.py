@@ -67,6 +67,13 @@ def test_train_evaluate_plot_analyze_card(assets, tmp_path, capsys, monkeypatch)
     after = json.loads((run / "eval" / "after.json").read_text())
     assert again["accuracy"] == after["accuracy"] and again["total"] == 4
 
+    assert main(["evaluate", str(run), "--quiet", "--dpc"]) == 0
+    assert "DPC triggered on" in capsys.readouterr().out
+    dpc_preds = (run / "eval" / "after_dpc_predictions.jsonl").read_text().splitlines()
+    assert len(dpc_preds) == 4 and all("dpc" in json.loads(line) for line in dpc_preds)
+    # The tiny model has no head worth calibrating: ACT says so instead of pretending.
+    assert main(["evaluate", str(run), "--quiet", "--calibration", "act"]) == EXIT_USER_ERROR
+    assert "ACT found no head" in " ".join(capsys.readouterr().err.split())
     assert main(["plot", str(run), "--out", str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "topology_curves.png").is_file()
     assert main(["analyze", str(run)]) == 0
