@@ -122,10 +122,76 @@ def test_missing_recipe_and_bad_overrides(tmp_path):
         load_recipe(path, ["ts.weight=[1"])
 
 
-def test_every_shipped_recipe_is_valid():
-    root = Path(__file__).resolve().parents[1] / "recipes"
-    files = sorted(root.glob("*.yaml"))
-    assert files, "recipes/ has no recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_every_shipped_recipe_and_variant_is_valid():
+    from hf_tsprompt.recipes import recipe_variants
+
+    files = sorted(RECIPES.glob("*.yaml")) + sorted(RECIPES.glob("paper/[!_]*.yaml"))
+    assert len(files) >= 34, "recipes/ lost recipes"
     for path in files:
         recipe = load_recipe(path)
         assert recipe.name == path.stem
+        for variant in recipe_variants(path):
+            assert load_recipe(path, variant=variant).name == f"{path.stem}-{variant}"
+
+
+def test_paper_grid_has_the_papers_hyperparameters():
+    grid = sorted(RECIPES.glob("paper/[!_]*.yaml"))
+    models = {"gemma-2b-it", "open-llama-7b", "deepseek-7b-chat", "llama2-13b", "qwen1.5-14b"}
+    expected = {
+        f"{m}-{d}-{s}"
+        for m in models
+        for d in ("gsm8k", "mmlu-cf", "longbench")
+        for s in ("single", "multi")
+    }
+    assert {p.stem for p in grid} == expected
+    for path in grid:
+        r = load_recipe(path)
+        t = r.training
+        assert (t["learning_rate"], t["weight_decay"], t["adam_epsilon"]) == (5e-5, 0.01, 1e-8)
+        assert t["per_device_train_batch_size"] == 8 and t["num_train_epochs"] == 300
+        assert t["lr_scheduler_type"] == "linear" and t["warmup_steps"] == 0.1
+        assert (r.peft.init, r.peft.init_std) == ("normal", 0.02)
+        assert (r.ts.weight, r.ts.beta_h0, r.ts.beta_h1) == (1.0, 1.0, 1.0)
+        assert r.topology.every_n_epochs == 20 and r.data.test_size == 100
+        assert r.data.train_size == (1 if path.stem.endswith("single") else 10)
+    variants = {
+        "soft-prompt": ("prompt_tuning", "none"),
+        "l2": ("prompt_tuning", "l2"),
+        "pdloss": ("prompt_tuning", "pdloss"),
+        "prefix-tuning": ("prefix_tuning", "none"),
+        "p-tuning-v2": ("p_tuning_v2", "none"),
+    }
+    for name, (method, reg) in variants.items():
+        r = load_recipe(grid[0], variant=name)
+        assert (r.peft.method, r.ts.regularizer) == (method, reg)
+    assert load_recipe(grid[0], variant="act").evaluation.calibration == "act"
+    assert load_recipe(grid[0], variant="dpc").evaluation.dpc is True
+
+
+def test_accelerate_configs_are_valid():
+    configs = {
+        p.stem: yaml.safe_load(p.read_text()) for p in (RECIPES / "accelerate").glob("*.yaml")
+    }
+    assert set(configs) == {"single_gpu", "multi_gpu", "fsdp", "zero2", "zero3"}
+    assert configs["fsdp"]["distributed_type"] == "FSDP"
+    assert configs["fsdp"]["fsdp_config"]["fsdp_version"] == 2
+    assert configs["zero3"]["deepspeed_config"]["zero_stage"] == 3
+    assert configs["multi_gpu"]["distributed_type"] == "MULTI_GPU"
+
+
+def test_base_chains_and_variant_errors(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "ts: {weight: 2.0}\nvariants: {ce: {ts: {regularizer: none}}}\n"
+    )
+    child = _write(tmp_path, {"base": "base.yaml", "ts": {"tau": 0.5}}, "child.yaml")
+    r = load_recipe(child)
+    assert (r.ts.weight, r.ts.tau, r.name) == (2.0, 0.5, "child")
+    assert load_recipe(child, variant="ce").ts.regularizer == "none"
+    with pytest.raises(ConfigError, match="no variant 'cee'.*Did you mean 'ce'"):
+        load_recipe(child, variant="cee")
+    loop = _write(tmp_path, {"base": "loop.yaml"}, "loop.yaml")
+    with pytest.raises(ConfigError, match="base chain loops"):
+        load_recipe(loop)
