@@ -206,6 +206,31 @@ def _check_weight(name: str, value: float) -> None:
         raise ValueError(f"{name} must be >= 0, got {value}.")
 
 
+def _check_hyperparameters(
+    tau: float,
+    alpha: float,
+    beta_h0: float,
+    beta_h1: float,
+    lambda_repel: float,
+    lambda_attract: float,
+    variant: str,
+    scale: str,
+) -> None:
+    _check_positive("tau", tau)
+    _check_positive("alpha", alpha)
+    for name, value in (
+        ("beta_h0", beta_h0),
+        ("beta_h1", beta_h1),
+        ("lambda_repel", lambda_repel),
+        ("lambda_attract", lambda_attract),
+    ):
+        _check_weight(name, value)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
+
+
 def ts_loss(
     P: torch.Tensor,
     *,
@@ -246,19 +271,9 @@ def ts_loss(
             hyperparameter is out of range.
     """
     check_prompt_matrix(P)
-    _check_positive("tau", tau)
-    _check_positive("alpha", alpha)
-    for name, value in (
-        ("beta_h0", beta_h0),
-        ("beta_h1", beta_h1),
-        ("lambda_repel", lambda_repel),
-        ("lambda_attract", lambda_attract),
-    ):
-        _check_weight(name, value)
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
+    _check_hyperparameters(
+        tau, alpha, beta_h0, beta_h1, lambda_repel, lambda_attract, variant, scale
+    )
 
     D = pairwise_distances(P)
     if scale == "mean":
@@ -344,10 +359,9 @@ class TSLoss(nn.Module):
         scale: Scale = "absolute",
     ) -> None:
         super().__init__()
-        _check_positive("tau", tau)
-        _check_positive("alpha", alpha)
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+        _check_hyperparameters(
+            tau, alpha, beta_h0, beta_h1, lambda_repel, lambda_attract, variant, scale
+        )
         self.tau = tau
         self.alpha = alpha
         self.beta_h0 = beta_h0
@@ -355,8 +369,6 @@ class TSLoss(nn.Module):
         self.lambda_repel = lambda_repel
         self.lambda_attract = lambda_attract
         self.variant: Variant = variant
-        if scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
         self.scale: Scale = scale
 
     def forward(self, P: torch.Tensor) -> TSLossOutput:
