@@ -1132,7 +1132,10 @@ def load_task_rows(
     if dropped:
         logger.warning("%s: dropped %d junk row(s) (embedded header rows)", origin, dropped)
     if not rows:
-        raise DataError(f"{origin}: no rows for split {split!r}")
+        raise DataError(
+            f"{origin}: no rows for split {split!r}; add rows to it, or point data.source at "
+            "the file or folder that holds them"
+        )
     return Rows(rows, origin=origin, dropped=dropped)
 
 

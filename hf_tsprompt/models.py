@@ -402,7 +402,28 @@ def _load_pretrained(ref: str, folder: Path | None, dtype: Any, device: Any) -> 
             "'HuggingFaceTB/SmolLM2-135M-Instruct'."
         )
     tokenizer = AutoTokenizer.from_pretrained(ref)
-    model = AutoModelForCausalLM.from_pretrained(ref, config=config, dtype=dtype)
+    no_safetensors = MissingFileError(
+        f"{label} has no safetensors weights (model.safetensors). hf-tsprompt reads weights "
+        "as safetensors only, because pickled .bin / .pt checkpoints can run code when "
+        "loaded. Pick a checkpoint that ships safetensors, or convert this one once in a "
+        "trusted environment (load it and save_pretrained it again)."
+    )
+    if not _has_safetensors(ref, folder):
+        # Checked first: for a Hub repo without them, transformers would ask the Hub's
+        # conversion bot for a pull request (slow, and a side effect on someone's repo).
+        raise no_safetensors
+    try:
+        # safetensors only: a pickled .bin / .pt checkpoint can run code when it is loaded.
+        model = AutoModelForCausalLM.from_pretrained(
+            ref, config=config, dtype=dtype, use_safetensors=True
+        )
+    except OSError as err:
+        # transformers' two "no safetensors file" errors (local folder, Hub repo); anything
+        # else (network, permissions) keeps its own message.
+        messages = ("Error no file named", "cannot be loaded with `safetensors`")
+        if not any(text in str(err) for text in messages):
+            raise
+        raise no_safetensors from None
     if device is not None:
         try:
             model = model.to(device)
@@ -417,6 +438,20 @@ def _load_pretrained(ref: str, folder: Path | None, dtype: Any, device: Any) -> 
             f"{rows} rows; the tokenizer does not belong to this model."
         )
     return model, tokenizer
+
+
+def _has_safetensors(ref: str, folder: Path | None) -> bool:
+    """Whether the checkpoint has safetensors weights (True when the Hub cannot be asked:
+    transformers then reads safetensors only, from its cache)."""
+    names = ("model.safetensors", "model.safetensors.index.json")
+    if folder is not None:
+        return any((folder / name).is_file() for name in names)
+    from huggingface_hub import file_exists
+
+    try:
+        return any(file_exists(ref, name) for name in names)
+    except Exception:  # offline, or the Hub unreachable: let the loader decide
+        return True
 
 
 def _not_causal_lm_reason(config: Any) -> str | None:

@@ -163,10 +163,13 @@ def truncate_records(path: str | os.PathLike, max_step: int) -> list[dict[str, A
     """Keep only records with ``step <= max_step`` (and no torn lines); delete the rest's files.
 
     Used when training resumes from the checkpoint at ``max_step``: snapshots taken after it by
-    the interrupted run will be taken again, so keeping them would duplicate steps.
-    Returns the kept records.
+    the interrupted run will be taken again, so keeping them would duplicate steps. Temporary
+    files an interrupted write left in ``prompts/`` are removed. Returns the kept records.
     """
     tdir = topology_dir(path)
+    # A job killed inside an atomic write leaves its temporary file (``.<name>.*.tmp``).
+    for stale in (tdir / PROMPTS_DIR).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     file = tdir / RECORDS_FILE
     if not file.is_file():
         return []

@@ -166,6 +166,30 @@ class TopologicalLossMixin:
             self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._prompt_capture = PromptCapture(self.model, self.args.ts_adapter)
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save a checkpoint without asking the Hub anything.
+
+        peft's ``save_embedding_layers="auto"`` (what the Trainer's checkpoint save uses) looks
+        the base model's config up on the Hub at every save; without a network that answers,
+        each checkpoint then stalls for the Hub timeout. A prompt never changes the vocabulary,
+        so the embedding layers are never saved with it.
+        """
+        model = self.model
+        save = getattr(model, "save_pretrained", None)
+        if not callable(save) or "save_pretrained" in vars(model):
+            super()._save(output_dir, state_dict)  # type: ignore[misc]
+            return
+
+        def save_without_embeddings(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("save_embedding_layers", False)
+            return save(*args, **kwargs)
+
+        model.save_pretrained = save_without_embeddings
+        try:
+            super()._save(output_dir, state_dict)  # type: ignore[misc]
+        finally:
+            del model.save_pretrained  # back to the class's own method
+
     def regularizer(self, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         """The unweighted regulariser L_reg on the prompt of ``model`` and its parts for logging."""
         args = self.args
