@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, MissingFileError, RunFolderError
-from .fsutil import atomic_write_json, atomic_write_text
+from .fsutil import atomic_write_json, atomic_write_text, read_json_dict
 from .records import load_prompt, read_records
 from .topology import distance_matrix, persistence_pairs
 
@@ -170,11 +170,11 @@ def _base_model_ref(run_dir: Path) -> tuple[str, Any]:
     if (run_dir / RECIPE_FILE).is_file():
         recipe = load_run_recipe(run_dir)
         return str(recipe.model.name_or_path), recipe.model.dtype
-    info = _read_json(run_dir / "run.json")
+    info = read_json_dict(run_dir / "run.json")
     for key in ("model_source", "base_model"):
         if isinstance(info.get(key), str) and info[key]:
             return info[key], None
-    adapter = _read_json(run_dir / "adapter" / "adapter_config.json")
+    adapter = read_json_dict(run_dir / "adapter" / "adapter_config.json")
     if isinstance(adapter.get("base_model_name_or_path"), str):
         return adapter["base_model_name_or_path"], None
     raise RunFolderError(
@@ -461,20 +461,12 @@ JSON_FIELDS: dict[str, str] = {
 }
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _run_method(run_dir: Path) -> str:
     """The peft method: run.json, else the adapter config, else the recipe."""
-    method = _read_json(run_dir / "run.json").get("method")
+    method = read_json_dict(run_dir / "run.json").get("method")
     if isinstance(method, str) and method:
         return method
-    cfg = _read_json(run_dir / "adapter" / "adapter_config.json")
+    cfg = read_json_dict(run_dir / "adapter" / "adapter_config.json")
     peft_type = str(cfg.get("peft_type", ""))
     if peft_type == "PROMPT_TUNING":
         return "prompt_tuning"
@@ -563,7 +555,7 @@ def explain_run(
         chosen = [by_step[int(s)] for s in steps]
     prompts = [load_prompt(run, r) for r in chosen]
     n, dim = prompts[0].shape
-    info = _read_json(run / "run.json")
+    info = read_json_dict(run / "run.json")
     method = _run_method(run)
 
     note = None

@@ -42,6 +42,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
     return atomic_write_text(path, text + "\n")
 
 
+def read_json_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from ``path``, or ``{}`` when it is missing, unreadable or not an object
+    (for optional run-folder files such as run.json or adapter_config.json)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one line (newline added) with a single write, then fsync."""
     if "\n" in line:

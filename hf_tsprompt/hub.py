@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .errors import HubError, MissingFileError, RunFolderError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, read_json_dict
 
 CARD_TEMPLATE = "adapter_card.md.jinja"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -82,14 +82,6 @@ def template_path() -> Path:
 # --- reading a run folder -----------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _adapter_dir(run_dir: Path) -> Path:
     """Where the adapter files are: ``<run>/adapter`` (our layout) or the folder itself."""
     for candidate in (run_dir / "adapter", run_dir):
@@ -106,8 +98,8 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MissingFileError(f"run folder {run_dir} does not exist.")
-    adapter_cfg = _read_json(_adapter_dir(run_dir) / "adapter_config.json")
-    info = _read_json(run_dir / "run.json")
+    adapter_cfg = read_json_dict(_adapter_dir(run_dir) / "adapter_config.json")
+    info = read_json_dict(run_dir / "run.json")
     peft_type = str(adapter_cfg.get("peft_type", ""))
     method = PEFT_TYPE_TO_METHOD.get(peft_type)
     if peft_type == "PREFIX_TUNING":

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MissingFileError, RunFolderError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, read_json_dict
 
 __all__ = ["FIGURE_SECTIONS", "build_report"]
 
@@ -115,14 +115,6 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _read_recipe(run: Path) -> tuple[dict[str, Any], str]:
     """The recipe as a dict and as its YAML text ({} and "" when absent or unreadable)."""
     import yaml
@@ -168,7 +160,7 @@ class _Run:
         self.path = path
         self.index = index
         self.anchor = f"run-{index}"
-        self.info = _read_json(path / "run.json")
+        self.info = read_json_dict(path / "run.json")
         self.recipe, self.recipe_text = _read_recipe(path)
         if not self.info and not (path / "topology" / "records.jsonl").is_file():
             raise RunFolderError(
@@ -380,7 +372,7 @@ def _config_html(run: _Run) -> str:
 def _accuracy_html(run: _Run) -> str:
     rows = []
     for name in ("before", "after"):
-        ev = _read_json(run.path / "eval" / f"{name}.json")
+        ev = read_json_dict(run.path / "eval" / f"{name}.json")
         acc = run.info.get(f"accuracy_{name}", ev.get("accuracy"))
         counts = f"{ev['correct']} / {ev['total']}" if "correct" in ev and "total" in ev else ""
         rows.append((f"{name} training", _fmt(acc, pct=True), counts))
