@@ -11,10 +11,18 @@ or stored token. Nothing this module imports loads huggingface_hub before that p
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from tiny import save_tiny_model, tiny_llama, tiny_tokenizer
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread per xdist worker (and per subprocess a test starts): two workers with
+    # two OpenMP threads each on two cores spin against each other and run ~10x slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
