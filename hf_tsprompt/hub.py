@@ -290,6 +290,7 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
         ),
         "max_new_tokens": max_new_tokens if type(max_new_tokens) is int else 256,
         "base_note": base_note,
+        "prefix_method": method in ("prefix_tuning", "p_tuning_v2"),
         "test_size": info.get("test_size", "?"),
         "accuracy_before": _fmt(info.get("accuracy_before"), pct=True),
         "accuracy_after": _fmt(info.get("accuracy_after"), pct=True),
