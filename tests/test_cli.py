@@ -50,8 +50,16 @@ def test_train_evaluate_plot_analyze_card(assets, tmp_path, capsys, monkeypatch)
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "cli-run"
     assert f"Run finished: {run.resolve()}" in out and "accuracy (test):" in out
-    for rel in ("run.json", "recipe.yaml", "adapter/adapter_config.json", "trainer_state.json",
-                "eval/before.json", "eval/after.json", "README.md", "figures/barcodes.png"):
+    for rel in (
+        "run.json",
+        "recipe.yaml",
+        "adapter/adapter_config.json",
+        "trainer_state.json",
+        "eval/before.json",
+        "eval/after.json",
+        "README.md",
+        "figures/barcodes.png",
+    ):
         assert (run / rel).is_file(), rel
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["global_step"] == 4
@@ -130,8 +138,15 @@ def test_not_a_causal_lm_is_refused_before_anything_is_written(assets, tmp_path,
 
     _, _, data_dir = assets
     bert = tmp_path / "bert"
-    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, vocab_size=50)).save_pretrained(bert)
+    BertModel(
+        BertConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            vocab_size=50,
+        )
+    ).save_pretrained(bert)
     recipe = _recipe(tmp_path, bert, data_dir, output_dir=str(tmp_path / "out"))
     assert main(["train", str(recipe), "--quiet"]) == EXIT_USER_ERROR
     assert "causal" in capsys.readouterr().err.lower()

