@@ -75,6 +75,7 @@ from paper_bench import (
     TASKS,
     TaskSpec,
     import_common,
+    read_runs,
     target_lengths,
     task_rows,
     write_tiny_assets,
@@ -456,20 +457,6 @@ def run_one(
 
 
 # --------------------------------------------------------------------------- report
-
-
-def read_runs(path: Path) -> list[dict[str, Any]]:
-    """Finished runs of the JSONL (the latest per key; a torn last line is skipped)."""
-    if not path.is_file():
-        return []
-    runs: dict[str, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        runs[rec["key"]] = rec
-    return list(runs.values())
 
 
 #: Per-run facts of the inference methods, listed per seed under each task's table.

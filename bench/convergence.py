@@ -43,6 +43,7 @@ Run::
     OMP_NUM_THREADS=1 taskset -c 1 python bench/convergence.py --plan core
     OMP_NUM_THREADS=1 taskset -c 1 python bench/convergence.py --plan sweep
     OMP_NUM_THREADS=1 taskset -c 1 python bench/convergence.py --plan variants
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/convergence.py --plan control   # noise floor
     # one configuration against TopologicalPromptTrainer (same first losses):
     OMP_NUM_THREADS=1 taskset -c 1 python bench/convergence.py --check-trainer
     # tables only, from the runs file:
@@ -101,6 +102,7 @@ from paper_bench import (
     import_common,
     prompt_forward,
     prompt_stats,
+    read_runs,
     task_rows,
     topo_summary,
     train_batch,
@@ -173,6 +175,12 @@ METHODS: dict[str, Method] = {
         scale="mean", weight=10.0, description="variant: scale-free distances, lambda_ts = 10"
     ),
     "ts:lambda=100": Method(weight=100.0, description="variant: paper's form, lambda_ts = 100"),
+    # A control, not a method: its gradient is ~1e-5 of CE's, so it cannot pull the prompt
+    # anywhere, yet it perturbs the trajectory; its spread against CE is the noise floor of
+    # "steps to converge" (how much a negligible change alone moves the count).
+    "ts:lambda=1e-4": Method(
+        weight=1e-4, description="control: paper's form at lambda_ts = 1e-4 (noise floor)"
+    ),
     "ts:tau=0.1nn": Method(
         tau_nn=0.1, description="variant: tau = 0.1 x mean nearest-neighbour distance"
     ),
@@ -198,6 +206,7 @@ VARIANTS = (
     "ts:rel=0.5",
     "ts:mean,rel=0.5",
 )
+CONTROL = ("ts:lambda=1e-4",)
 
 #: --plan name -> [(task, setting, methods)].
 PLANS: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
@@ -209,6 +218,7 @@ PLANS: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
     ],
     "sweep": [("gsm8k", "single", SWEEP)],
     "variants": [("gsm8k", "single", VARIANTS), ("bbh", "multi", VARIANTS)],
+    "control": [("gsm8k", "single", CONTROL), ("bbh", "multi", CONTROL)],
 }
 
 CRITERION = (
@@ -486,20 +496,6 @@ def check_trainer(
 
 
 # --------------------------------------------------------------------------- report
-
-
-def read_runs(path: Path) -> list[dict[str, Any]]:
-    """Finished runs of the JSONL file (a torn last line is skipped); the latest per key."""
-    if not path.is_file():
-        return []
-    runs: dict[str, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        runs[rec["key"]] = rec
-    return list(runs.values())
 
 
 def _quantile(values: list[float], q: float) -> float:

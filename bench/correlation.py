@@ -51,7 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paper_bench import import_common
+from paper_bench import import_common, read_runs
 
 common = import_common()
 
@@ -68,13 +68,7 @@ PAPER_TABLE_II: dict[str, tuple[float | None, float | None, float, float]] = {
 def _runs_by_task(runs_file: Path) -> dict[str, dict[str, dict[int, Path]]]:
     """``{task: {method: {seed: run_dir}}}`` of training runs with a topology record."""
     out: dict[str, dict[str, dict[int, Path]]] = {}
-    if not runs_file.is_file():
-        return out
-    for line in runs_file.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for rec in read_runs(runs_file):
         run = Path(rec["run_dir"])
         if rec.get("snapshots") and (run / "topology" / "records.jsonl").is_file():
             out.setdefault(rec["task"], {}).setdefault(rec["method"], {})[rec["seed"]] = run
@@ -131,14 +125,7 @@ def export_convergence_runs(conv_runs: Path, keys: list[str], dest: Path) -> dic
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from convergence import METHODS as CONV_METHODS
 
-    records: dict[str, dict[str, Any]] = {}
-    if conv_runs.is_file():
-        for line in conv_runs.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            records[rec["key"]] = rec
+    records = {rec["key"]: rec for rec in read_runs(conv_runs)}
     out = {}
     for key in keys:
         rec = records.get(key)

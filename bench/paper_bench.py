@@ -77,6 +77,21 @@ def import_common() -> Any:
     return common
 
 
+def read_runs(path: Path) -> list[dict[str, Any]]:
+    """Finished runs of a benchmark's JSONL file, the latest per ``key``; a torn line (a job
+    killed mid-append) is skipped."""
+    if not path.is_file():
+        return []
+    runs: dict[str, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        runs[rec["key"]] = rec
+    return list(runs.values())
+
+
 def target_lengths(tokenizer: Any, task: Any, row: dict[str, Any]) -> tuple[int, int]:
     """``(target tokens incl. eos, whole example tokens)`` of one row's training features."""
     from hf_tsprompt.data import tokenize_example
