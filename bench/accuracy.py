@@ -62,7 +62,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -600,12 +599,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--snapshot-every", type=int, default=SNAPSHOT_EVERY)
     parser.add_argument("--snapshot-n", type=int, default=SNAPSHOT_N)
-    parser.add_argument("--out", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: bench/results (--quick: a temp folder)"
+    )
     parser.add_argument("--runs", type=Path, help="JSONL of finished runs (default <out>/...)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hf_tsprompt_bench/accuracy"))
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny model, seconds (smoke test)")
     args = parser.parse_args(argv)
+    args.out = common.output_dir(args.out, args.quick)
 
     from hf_tsprompt.fsutil import append_line
 
@@ -614,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     model_name = "smollm2-135m-instruct"
     quick_sources = None
     if args.quick:
-        args.work = Path(tempfile.mkdtemp(prefix="acc-quick-"))
+        args.work = args.out / "quick-work"
         assets = write_tiny_assets(args.work / "assets")
         model_name, quick_sources = assets["model"], assets["sources"]
         args.k, args.steps, args.n_test = 2, 2, 4

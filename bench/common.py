@@ -59,6 +59,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
+def output_dir(out: str | Path | None, quick: bool) -> Path:
+    """Where a benchmark writes: ``--out`` if given, else :data:`RESULTS_DIR` for a real run
+    and a fresh temporary folder for ``--quick`` (a smoke test must never replace measured
+    results). Quick runs keep their scratch files under ``<out>/quick-work``, so nothing is
+    left behind outside the folder the caller owns."""
+    if out is not None:
+        return Path(out)
+    if quick:
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="hf-tsprompt-bench-quick-"))
+    return RESULTS_DIR
+
+
 # --------------------------------------------------------------------------- metadata
 
 

@@ -950,7 +950,9 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="test examples per converged prompt, e.g. bbh=100 gsm8k:single=50",
     )
-    parser.add_argument("--out", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: bench/results (--quick: a temp folder)"
+    )
     parser.add_argument("--runs", type=Path, help="JSONL of finished runs (default <out>/...)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hf_tsprompt_bench/convergence"))
     parser.add_argument("--report-only", action="store_true")
@@ -958,6 +960,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip the greedy check")
     parser.add_argument("--quick", action="store_true", help="tiny model, seconds (smoke test)")
     args = parser.parse_args(argv)
+    args.out = common.output_dir(args.out, args.quick)
 
     from paper_bench import write_tiny_assets
 
@@ -970,7 +973,7 @@ def main(argv: list[str] | None = None) -> int:
     sources: dict[str, str] = {}
     model_name = "smollm2-135m-instruct"
     if args.quick:
-        work = Path(tempfile.mkdtemp(prefix="conv-quick-"))
+        work = args.out / "quick-work"
         assets = write_tiny_assets(work / "assets")
         model_name, sources = assets["model"], assets["sources"]
         args.work = work

@@ -306,7 +306,9 @@ def markdown(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: bench/results (--quick: a temp folder)"
+    )
     parser.add_argument("--runs", type=Path, help="accuracy runs JSONL (default <out>/...)")
     parser.add_argument(
         "--convergence-runs", type=Path, help="default <out>/convergence_runs.jsonl"
@@ -314,12 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", action="store_true", help="draw and copy the figures")
     parser.add_argument("--quick", action="store_true", help="tiny model, seconds (smoke test)")
     args = parser.parse_args(argv)
+    args.out = common.output_dir(args.out, args.quick)
 
     meta = common.run_metadata()
     if args.quick:
         import accuracy
 
-        work = Path(tempfile.mkdtemp(prefix="corr-quick-"))
+        work = args.out / "quick-work"
         accuracy.main(["--quick", "--out", str(work / "acc")])
         args.runs = work / "acc" / "accuracy_runs.jsonl"
         args.figures = True

@@ -121,11 +121,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     REPO_ROOT,
-    RESULTS_DIR,
     LoadMonitor,
     command_line,
     environment_markdown,
     markdown_table,
+    output_dir,
     run_metadata,
     single_thread,
     stats,
@@ -835,7 +835,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (seconds, not an hour)")
     p.add_argument("--model", default="smollm2-135m-instruct", help="base model (name or folder)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="GSM8K folder with train.jsonl")
-    p.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
+    p.add_argument(
+        "--out", default=None, help="output folder (default bench/results; --quick: a temp folder)"
+    )
     p.add_argument(
         "--from-json",
         metavar="PATH",
@@ -855,6 +857,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick)
     if args.quick:
         args.steps, args.every, args.repeats = 6, 3, 2
         args.batch_size, args.seq_len, args.warmup_steps = 4, 16, 0

@@ -80,10 +80,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
-    RESULTS_DIR,
     LoadMonitor,
     environment_markdown,
     markdown_table,
+    output_dir,
     run_metadata,
     single_thread,
     write_result,
@@ -497,7 +497,9 @@ def render_markdown(data: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (seconds)")
-    p.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
+    p.add_argument(
+        "--out", default=None, help="output folder (default bench/results; --quick: a temp folder)"
+    )
     p.add_argument(
         "--from-json",
         metavar="PATH",
@@ -509,6 +511,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick)
     if args.quick:
         args.ns, args.ds, args.tsloss_ds, args.repeats = [10, 50], [576], [576], 2
     if min(args.ns) < 3 or min(args.ds) < 1 or args.repeats < 1:
