@@ -68,7 +68,8 @@ Output: ``<out>/convergence.json`` and ``convergence.md``. JSON fields:
   generations equal to the target text), ``grad_ratio`` (median over runs of the median
   ``|lambda grad L_reg| / |grad CE|`` per step), ``seconds_per_step``;
 - ``pooled``: each method against CE over all (task, setting, seed) pairs where both
-  converged: ``n_pairs``, ``groups``, ``geo_mean_ratio`` (geometric mean of steps /
+  converged (``scope`` ``"all"``), and per ``scope`` = ``"<task>/<setting>"`` when the method
+  ran in more than one: ``n_pairs``, ``groups``, ``geo_mean_ratio`` (geometric mean of steps /
   steps_ce), ``ratio_q25`` / ``ratio_q75``, ``faster`` / ``slower`` (pair counts),
   ``wilcoxon_p`` (two-sided signed-rank test of the log ratios; null below 5 pairs);
 - ``scale``: :func:`scale_diagnostics` (distance scale of the init and converged CE prompts
@@ -601,25 +602,35 @@ def pooled_paired(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_method.setdefault(r["method"], []).append((group, r["steps"] / base))
     out = []
     order = {m: i for i, m in enumerate(METHODS)}
-    for method, pairs in sorted(by_method.items(), key=lambda kv: order.get(kv[0], 99)):
-        logs = np.log([x for _, x in pairs])
-        p = None
-        if len(logs) >= 5 and np.any(logs != 0):
-            p = float(wilcoxon(logs, alternative="two-sided").pvalue)
-        out.append(
-            {
-                "method": method,
-                "n_pairs": len(pairs),
-                "groups": sorted({g for g, _ in pairs}),
-                "geo_mean_ratio": float(np.exp(logs.mean())),
-                "ratio_q25": float(np.exp(np.quantile(logs, 0.25))),
-                "ratio_q75": float(np.exp(np.quantile(logs, 0.75))),
-                "faster": int((logs < 0).sum()),
-                "slower": int((logs > 0).sum()),
-                "wilcoxon_p": p,
-            }
-        )
+    for method, all_pairs in sorted(by_method.items(), key=lambda kv: order.get(kv[0], 99)):
+        groups = sorted({g for g, _ in all_pairs})
+        # Pooled over everything, then per (task, setting) when the method ran in several:
+        # an effect confined to one setting is diluted (or hidden) by the pool.
+        scopes = [("all", all_pairs)]
+        if len(groups) > 1:
+            scopes += [(g, [x for x in all_pairs if x[0] == g]) for g in groups]
+        for scope, pairs in scopes:
+            out.append(_paired_stats(method, scope, pairs, wilcoxon))
     return out
+
+
+def _paired_stats(method: str, scope: str, pairs: list[tuple[str, float]], wilcoxon: Any) -> dict:
+    logs = np.log([x for _, x in pairs])
+    p = None
+    if len(logs) >= 5 and np.any(logs != 0):
+        p = float(wilcoxon(logs, alternative="two-sided").pvalue)
+    return {
+        "method": method,
+        "scope": scope,
+        "n_pairs": len(pairs),
+        "groups": sorted({g for g, _ in pairs}),
+        "geo_mean_ratio": float(np.exp(logs.mean())),
+        "ratio_q25": float(np.exp(np.quantile(logs, 0.25))),
+        "ratio_q75": float(np.exp(np.quantile(logs, 0.75))),
+        "faster": int((logs < 0).sum()),
+        "slower": int((logs > 0).sum()),
+        "wilcoxon_p": p,
+    }
 
 
 def scale_diagnostics(runs: list[dict[str, Any]], tau: float = 0.1, alpha: float = 10.0) -> dict:
@@ -769,16 +780,25 @@ def markdown(data: dict[str, Any]) -> str:
     pooled = data.get("pooled") or []
     if pooled:
         lines += [
-            "## Each method against CE, paired over every task, setting and seed",
+            "## Each method against CE, paired by seed (pooled, then per task and setting)",
             "",
             "Ratio = steps / steps(CE) for the same rows and init (both converged); geometric "
             "mean and quartiles; Wilcoxon signed-rank test of log ratio = 0 (two-sided).",
             "",
             common.markdown_table(
-                ["method", "pairs", "geo-mean ratio [IQR]", "faster / slower", "Wilcoxon p", "in"],
+                [
+                    "method",
+                    "scope",
+                    "pairs",
+                    "geo-mean ratio [IQR]",
+                    "faster / slower",
+                    "Wilcoxon p",
+                    "in",
+                ],
                 [
                     [
                         f"`{x['method']}`",
+                        x.get("scope", "all"),
                         x["n_pairs"],
                         f"{x['geo_mean_ratio']:.2f} [{x['ratio_q25']:.2f}, {x['ratio_q75']:.2f}]",
                         f"{x['faster']} / {x['slower']}",
