@@ -879,9 +879,14 @@ def markdown(data: dict[str, Any]) -> str:
 def write_report(out: Path, runs_file: Path, meta: dict[str, Any], extra: dict[str, Any]) -> None:
     runs = read_runs(runs_file)
     prev = out / "convergence.json"
-    trainer_check = extra.get("trainer_check")
-    if trainer_check is None and prev.is_file():
-        trainer_check = json.loads(prev.read_text()).get("trainer_check")
+    previous = json.loads(prev.read_text()) if prev.is_file() else {}
+    trainer_check = extra.get("trainer_check") or previous.get("trainer_check")
+    # The scale table reads the CE runs' saved prompts, which live in --work (outside the
+    # repository): where they are gone, keep the previous page's group rather than shrink it.
+    scale = scale_diagnostics(runs)
+    for name, group in (previous.get("scale") or {}).items():
+        if group.get("n_runs", 0) > scale.get(name, {}).get("n_runs", 0):
+            scale[name] = group
     data = {
         "meta": meta,
         "load": extra.get("load"),
@@ -889,7 +894,7 @@ def write_report(out: Path, runs_file: Path, meta: dict[str, Any], extra: dict[s
         "methods": {k: asdict(v) for k, v in METHODS.items()},
         "groups": aggregate(runs),
         "pooled": pooled_paired(runs),
-        "scale": scale_diagnostics(runs),
+        "scale": scale,
         "trainer_check": trainer_check,
         "runs_file": str(runs_file),
     }
