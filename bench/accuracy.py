@@ -12,8 +12,9 @@ How: every training run goes through the real pipeline (``recipe_from_dict`` +
 figures. Methods are a registry (:data:`METHODS`): a *training* method is a set of recipe
 overrides; an *inference* method (ACT, DPC: ``hf_tsprompt.calibration`` /
 ``hf_tsprompt.dpc``) evaluates the finished run of another method with an inference-time
-technique. ACT and DPC are registered but not in the default method list (their per-example
-cost on one CPU core does not fit this budget); add them with ``--methods act dpc``.
+technique. ACT and DPC are not in the default method list because they need the finished
+soft-prompt runs: run them after the training methods with ``--methods act dpc`` (measured
+25-170 s per run on one core for BBH and MMLU; ``--quick`` runs both).
 
 Protocol (defaults; all recorded in the JSON):
 
