@@ -53,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paper_bench import import_common, read_runs
 
+from hf_tsprompt.analysis import _fmt_p, _fmt_stat  # the library's Table II number format
+
 common = import_common()
 
 #: Table II of the paper: metric -> (rho, p, U, p); None = N/A.
@@ -241,16 +243,6 @@ def draw_figures(
 # --------------------------------------------------------------------------- report
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "N/A" if x is None else f"{x:.{digits}f}"
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None:
-        return "N/A"
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
-
-
 def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# Topology vs accuracy (paper Table II protocol)",
@@ -272,13 +264,13 @@ def markdown(data: dict[str, Any]) -> str:
             rows.append(
                 [
                     row["label"].replace("|", "\\|"),
-                    _fmt(row["spearman_rho"]),
+                    _fmt_stat(row["spearman_rho"]),
                     _fmt_p(row["spearman_p"]),
-                    _fmt(row["mannwhitney_u"], 1),
+                    _fmt_stat(row["mannwhitney_u"], 1),
                     _fmt_p(row["mannwhitney_p"]),
-                    "" if paper is None else _fmt(paper[0]),
+                    "" if paper is None else _fmt_stat(paper[0]),
                     "" if paper is None else _fmt_p(paper[1]),
-                    "" if paper is None else _fmt(paper[2], 1),
+                    "" if paper is None else _fmt_stat(paper[2], 1),
                     "" if paper is None else _fmt_p(paper[3]),
                 ]
             )
