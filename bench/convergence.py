@@ -685,7 +685,9 @@ def scale_diagnostics(runs: list[dict[str, Any]], tau: float = 0.1, alpha: float
         if r["method"] == "ce" and Path(r.get("prompt_file", "")).is_file():
             groups.setdefault(f"{r['task']}/{r['setting']}", []).append(r)
     for name, rs in sorted(groups.items()):
-        ends = [measures(torch.from_numpy(np.load(r["prompt_file"]))) for r in rs]
+        ends = [
+            measures(torch.from_numpy(np.load(r["prompt_file"], allow_pickle=False))) for r in rs
+        ]
         inits = []
         for r in rs:
             torch.manual_seed(r["seed"])

@@ -238,17 +238,25 @@ def crash(assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -
                 steps = _steps_in(records)
                 if steps and not refusals:
                     # The job holds the folder (the record starts under its lock): a second
-                    # job must be refused and touch nothing, whatever it asks for.
-                    watched = _watch_files(run_dir)
-                    for name, flags in (
-                        ("plain", []),
-                        ("overwrite", ["--overwrite"]),
-                        ("resume", ["--resume"]),
-                    ):
-                        with _captured() as out:
-                            code = main(["train", str(recipe), "--quiet", *flags])
-                        refusals[name] = (code, out.getvalue())
-                    untouched = _watch_files(run_dir) == watched
+                    # job must be refused and touch nothing, whatever it asks for. The job is
+                    # paused meanwhile (still alive, still holding the lock): the three refused
+                    # jobs take longer than the tiny run's remaining steps, and it must not
+                    # finish before the kill.
+                    victim.send_signal(signal.SIGSTOP)
+                    try:
+                        watched = _watch_files(run_dir)
+                        for name, flags in (
+                            ("plain", []),
+                            ("overwrite", ["--overwrite"]),
+                            ("resume", ["--resume"]),
+                        ):
+                            with _captured() as out:
+                                code = main(["train", str(recipe), "--quiet", *flags])
+                            refusals[name] = (code, out.getvalue())
+                        untouched = _watch_files(run_dir) == watched
+                    finally:
+                        victim.send_signal(signal.SIGCONT)
+                    continue  # decide on the kill from a fresh look at the record
                 if steps and max(steps) >= kill_at:
                     time.sleep(extra_delay)
                     victim.send_signal(signal.SIGKILL)
