@@ -5,27 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tiny import write_tiny_gsm8k
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _run(script: str, *args: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+from tiny import run_bench, write_tiny_gsm8k
 
 
 def _load(out: Path, name: str) -> dict[str, Any]:
@@ -48,7 +31,11 @@ def _check_meta(data: dict[str, Any], script: str) -> None:
 def test_overhead_quick(tmp_path, tiny_model_dir):
     data_dir = write_tiny_gsm8k(tmp_path / "gsm8k")
     out = tmp_path / "out"
-    _run("overhead.py", "--model", str(tiny_model_dir), "--data", str(data_dir), "--out", str(out))
+    run_bench(
+        "overhead.py",
+        "--quick",
+        *("--model", str(tiny_model_dir), "--data", str(data_dir), "--out", str(out)),
+    )
     data = _load(out, "overhead")
     assert data["benchmark"] == "overhead"
     _check_meta(data, "bench/overhead.py")
@@ -88,7 +75,7 @@ def test_overhead_quick(tmp_path, tiny_model_dir):
 
 def test_topology_speed_quick(tmp_path):
     out = tmp_path / "out"
-    _run("topology_speed.py", "--out", str(out))
+    run_bench("topology_speed.py", "--quick", "--out", str(out))
     data = _load(out, "topology_speed")
     assert data["benchmark"] == "topology_speed"
     _check_meta(data, "bench/topology_speed.py")

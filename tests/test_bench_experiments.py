@@ -6,41 +6,14 @@ fields."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "bench"
-
-
-def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(
-        [sys.executable, str(BENCH / script), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return done
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _bench_exists() -> None:
-    if not (BENCH / "paper_bench.py").is_file():
-        pytest.skip("bench/ is not present")
+from tiny import run_bench
 
 
 def test_convergence_quick(tmp_path: Path) -> None:
     out = tmp_path / "conv"
-    _run("convergence.py", "--quick", "--out", str(out), cwd=tmp_path)
+    run_bench("convergence.py", "--quick", "--out", str(out), cwd=tmp_path)
     data = json.loads((out / "convergence.json").read_text())
     assert {"meta", "protocol", "methods", "groups", "trainer_check", "runs_file"} <= set(data)
     assert data["meta"]["command"].endswith("--quick --out " + str(out))
@@ -57,13 +30,13 @@ def test_convergence_quick(tmp_path: Path) -> None:
     assert all(r["verify"] is not None and len(r["ce"]) >= 1 for r in runs)
     assert (out / "convergence.md").read_text().startswith("# Convergence")
     # A rerun skips every finished configuration and rewrites the same groups.
-    done = _run("convergence.py", "--quick", "--out", str(out), cwd=tmp_path)
+    done = run_bench("convergence.py", "--quick", "--out", str(out), cwd=tmp_path)
     assert "0 run(s) to do" in done.stdout
 
 
 def test_accuracy_quick(tmp_path: Path) -> None:
     out = tmp_path / "acc"
-    _run("accuracy.py", "--quick", "--out", str(out), cwd=tmp_path)
+    run_bench("accuracy.py", "--quick", "--out", str(out), cwd=tmp_path)
     data = json.loads((out / "accuracy.json").read_text())
     assert {"meta", "protocol", "methods", "results", "paper", "runs_file"} <= set(data)
     assert {"act", "dpc", "soft-prompt", "tsloss"} <= set(data["methods"])
@@ -88,7 +61,7 @@ def test_accuracy_quick(tmp_path: Path) -> None:
 
 def test_correlation_quick(tmp_path: Path) -> None:
     out = tmp_path / "corr"
-    _run("correlation.py", "--quick", "--out", str(out), cwd=tmp_path)
+    run_bench("correlation.py", "--quick", "--out", str(out), cwd=tmp_path)
     data = json.loads((out / "correlation.json").read_text())
     assert {"meta", "source", "tables", "paper", "figures"} <= set(data)
     assert {"bbh", "bbh (step > 0)", "pooled"} <= set(data["tables"])

@@ -8,6 +8,9 @@ Subprocess tests (multi-process, CLI) use :func:`save_tiny_model` to get a folde
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -154,3 +157,23 @@ def make_tiny_run(root: str | Path, **recipe_overrides):
     recipe = recipe_from_dict(raw, base_dir=root)
     train_from_recipe(recipe, progress=False, log=lambda _msg: None)
     return root / "run", model_dir, recipe
+
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``bench/<script> ARGS`` in a subprocess (one torch thread); assert it exits 0,
+    showing the end of its output when it does not."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
