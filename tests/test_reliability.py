@@ -190,7 +190,10 @@ def crash(assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -
     root = tmp_path_factory.mktemp("crash")
     rng = random.Random(CRASH_SEED)
     kill_at = rng.randint(SAVE_STEPS + 1, MAX_STEPS - 4)
-    extra_delay = rng.uniform(0.0, 0.2)  # lands anywhere inside a step, checkpoint writes too
+    # The kill lands a seeded fraction of one step after the record of step ``kill_at``:
+    # anywhere inside a step, checkpoint writes too, yet never past the last step, however
+    # fast this machine trains (a fixed delay of up to 0.2 s let a quiet CI machine finish).
+    step_fraction = rng.uniform(0.0, 1.0)
     raw = _raw_recipe(
         model_dir,
         data_dir,
@@ -229,6 +232,7 @@ def crash(assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -
         try:
             records = run_dir / "topology" / RECORDS_FILE
             deadline = time.monotonic() + 300
+            seen: dict[int, float] = {}  # step -> when its record was first seen, after pause
             while True:
                 assert victim.poll() is None, (
                     f"the job ended (status {victim.returncode}) before the kill at step "
@@ -257,8 +261,12 @@ def crash(assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -
                     finally:
                         victim.send_signal(signal.SIGCONT)
                     continue  # decide on the kill from a fresh look at the record
+                if steps:
+                    seen.setdefault(max(steps), time.monotonic())
                 if steps and max(steps) >= kill_at:
-                    time.sleep(extra_delay)
+                    first, last = min(seen), max(seen)
+                    step_time = (seen[last] - seen[first]) / (last - first) if last > first else 0
+                    time.sleep(step_fraction * step_time)
                     victim.send_signal(signal.SIGKILL)
                     break
                 time.sleep(0.005)
