@@ -304,18 +304,37 @@ def _print_user_error(err: BaseException) -> None:
     print(textwrap.fill(f"error ({name}): {text}", width=100), file=sys.stderr)
 
 
+def _distributed_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``hf-tsprompt`` and ``python -m hf_tsprompt``."""
+    """Entry point of ``hf-tsprompt`` and ``python -m hf_tsprompt``.
+
+    Under ``torchrun`` / ``accelerate launch`` the command's job creates the process group;
+    it is destroyed here before the interpreter exits. Left alive, gloo's worker threads can
+    abort the process during finalisation (``terminate called without an active exception``,
+    SIGABRT: pytorch/pytorch#179291), which made a finished run exit with a failure. A group
+    that existed before the call (a caller's own) is left alone.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    owned_group = not _distributed_initialized()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except UserError as err:
         _print_user_error(err)
-        return EXIT_USER_ERROR
+        code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if owned_group and _distributed_initialized():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,6 +64,9 @@ def main(out: str, per_device_batch: int, extra: str = "{}") -> None:
         "logs": [h for h in trainer.state.log_history if "loss" in h],
     }
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(dump))
+    # Exiting with a live gloo group can SIGABRT at finalisation (pytorch/pytorch#179291).
+    trainer.accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -184,3 +184,18 @@ def test_help_texts_explain_themselves():
     ).stdout
     for command in commands:
         assert command in top
+
+
+def test_a_callers_own_process_group_survives_main(tmp_path, capsys):
+    """main() destroys only a process group its command created (see test_distributed.py);
+    one that the caller set up before is still alive afterwards."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert main(["evaluate", str(tmp_path / "nope")]) == EXIT_USER_ERROR
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+    assert "does not exist" in capsys.readouterr().err

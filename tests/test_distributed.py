@@ -111,8 +111,16 @@ def test_cli_under_torchrun(tmp_path):
             }
         )
     )
-    result = _torchrun(2, "-m", "hf_tsprompt", "train", str(recipe), "--quiet")
+    report = tmp_path / "report"
+    result = _torchrun(2, str(HERE / "dist_cli.py"), str(report), "train", str(recipe), "--quiet")
     assert result.stdout.count("Run finished") == 1  # the summary comes from rank 0 only
+    # The job's process group is gone before exit (a live gloo group can SIGABRT the
+    # interpreter's finalisation, failing a finished run).
+    for rank in (0, 1):
+        assert json.loads((report / f"rank{rank}.json").read_text()) == {
+            "code": 0,
+            "group_alive": False,
+        }
     run = tmp_path / "run"
     info = json.loads((run / "run.json").read_text())
     assert info["num_processes"] == 2 and info["status"] == "finished"
