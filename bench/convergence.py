@@ -53,25 +53,35 @@ Run::
 
 Output: ``<out>/convergence.json`` and ``convergence.md``. JSON fields:
 
-- ``meta``: ``command``, ``machine``, ``versions``, ``started`` (``common.run_metadata``);
+- ``meta``: ``command``, ``machine``, ``versions``, ``git`` (commit, dirty), ``started``
+  (``common.run_metadata``);
 - ``protocol``: model, lr, optimiser, virtual tokens, init, k per setting, step budgets,
   GSM8K short-row limits, test-set sizes and token budgets, criterion text;
 - ``methods``: ``{label: {regularizer, weight, beta_h0, beta_h1, tau, alpha, variant, scale,
   description}}``;
-- ``groups``: one entry per (task, setting, method) with ``n`` runs, ``n_converged``,
-  ``steps`` (per seed, null = censored), ``median``, ``q25``, ``q75`` (censored runs count as
-  +infinity; a statistic that is infinite is null with ``censored_stat`` true),
-  ``improvement_vs_ce`` (``1 - median / median_ce``, null if undefined), ``paired_ratio``
-  (median over seeds of steps / steps_ce, both converged), ``test_accuracy`` (mean, sd, n over
+- ``groups``: one entry per (task, setting, method) with ``n`` runs (failed ones excluded),
+  ``n_converged``, ``n_diverged`` (loss NaN/inf; in ``n``, counted as not fitted),
+  ``n_failed`` (runs that raised; not in ``n`` nor in any statistic), ``steps`` (per seed,
+  null = censored), ``median``, ``q25``, ``q75`` (censored runs count as +infinity; a
+  statistic that is infinite is null with ``censored_stat`` true), ``improvement_vs_ce``
+  (``1 - median / median_ce``, null if undefined), ``paired_ratio`` (the geometric mean over
+  seeds of steps / steps_ce, ``bench/stats.py``: a run that did not fit counts as budget + 1
+  steps; null for CE itself), ``paired_ci`` (its bootstrap 95% interval), ``paired_p``
+  (Wilcoxon), ``paired_p_holm`` (Holm over every per-setting comparison of the page),
+  ``n_paired``, ``test_accuracy`` (mean, sd, n over
   the runs that were scored), ``train_greedy_accuracy`` (mean extracted-answer accuracy of the
   converged prompts under real greedy decoding), ``train_greedy_exact`` (fraction of training
   generations equal to the target text), ``grad_ratio`` (median over runs of the median
   ``|lambda grad L_reg| / |grad CE|`` per step), ``seconds_per_step``;
-- ``pooled``: each method against CE over all (task, setting, seed) pairs where both
-  converged (``scope`` ``"all"``), and per ``scope`` = ``"<task>/<setting>"`` when the method
-  ran in more than one: ``n_pairs``, ``groups``, ``geo_mean_ratio`` (geometric mean of steps /
-  steps_ce), ``ratio_q25`` / ``ratio_q75``, ``faster`` / ``slower`` (pair counts),
-  ``wilcoxon_p`` (two-sided signed-rank test of the log ratios; null below 5 pairs);
+- ``pooled``: each method against CE per ``scope`` = ``"<task>/<setting>"`` (the test
+  family, with ``p_holm``) and, when it ran in several, pooled over all of them (``scope``
+  ``"all"``, ``p_holm`` null): ``n_pairs``, ``groups``, ``geo_mean_ratio`` (the same paired
+  ratio as ``groups``), ``ci_low`` / ``ci_high``, ``ratio_q25`` / ``ratio_q75``, ``faster``
+  / ``slower`` / ``ties`` (pair counts), ``wilcoxon_p`` (two-sided signed-rank test of the
+  log ratios), ``p_holm`` (:func:`pooled_paired`);
+- ``provenance``: ``common.provenance_summary`` of the runs against the commit the page was
+  written at: runs per commit, how many were carried forward from another commit (or carry
+  none: recorded before commits were logged), dirty trees, failed runs with their errors;
 - ``scale``: :func:`scale_diagnostics` (distance scale of the init and converged CE prompts
   against tau and alpha, absolute and scale-free);
 - ``trainer_check``: the first losses of this loop and of ``TopologicalPromptTrainer`` on one
@@ -98,18 +108,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paper_bench import (
+    INIT_TEXTS,
     TASKS,
     TaskSpec,
     import_common,
     prompt_forward,
     prompt_stats,
     read_runs,
+    seed_prompt,
     task_rows,
     topo_summary,
     train_batch,
 )
 
 common = import_common()
+import stats  # noqa: E402  (bench/stats.py: the one definition of "paired")
 
 SETTINGS: dict[str, int] = {"single": 1, "multi": 10}
 #: Step budget per (task, setting): chosen so that the CE baseline converges (see the md).
@@ -253,13 +266,6 @@ def regularizer_value(method: Method, P: torch.Tensor) -> torch.Tensor:
     return out.total
 
 
-def _seed_prompt(model: Any, seed: int) -> None:
-    from hf_tsprompt.prompts import init_prompt_
-
-    torch.manual_seed(seed)
-    init_prompt_(model, std=INIT_STD)
-
-
 def run_one(
     model: Any,
     tokenizer: Any,
@@ -274,8 +280,12 @@ def run_one(
     source: str | None,
     work: Path,
     verify: bool = True,
+    init: str = "normal",
 ) -> dict[str, Any]:
     """Train one soft prompt until it solves its training rows (or the budget ends).
+
+    ``init`` is one of :data:`paper_bench.PROMPT_INITS` (``normal``: N(0, 0.02^2), the
+    paper's; ``sample_vocab`` / ``text``: peft's, with :data:`paper_bench.INIT_TEXTS`).
 
     Returns the run's record (one JSONL line): ``key``, ``task``, ``setting``, ``k``,
     ``method``, ``seed``, ``lr``, ``max_steps``, ``converged``, ``steps`` (updates before the
@@ -286,7 +296,11 @@ def run_one(
     ``topology_start`` / ``topology_end`` (:func:`paper_bench.topo_summary`), ``verify``
     (greedy decoding on the training rows at the final prompt: ``accuracy``, ``exact``),
     ``test`` (``{"n", "accuracy", "max_new_tokens"}`` or null), ``seconds``,
-    ``seconds_per_step``, ``prompt_file``.
+    ``seconds_per_step``, ``prompt_file``, ``status`` (``ok``; ``diverged`` when the CE became
+    NaN/inf: training stops there, the run counts as not fitted, its last ``ce`` entry is null
+    and the end-prompt fields, the greedy check and the test score are null). ``main`` adds
+    ``commit`` and ``dirty`` (``common.provenance``); a run that raises is recorded by
+    ``common.failed_record`` instead (``status: "failed"``, ``error``).
     """
     from hf_tsprompt.evaluation import evaluate_model
     from hf_tsprompt.prompts import prompt_matrix, prompt_parameters
@@ -297,7 +311,9 @@ def run_one(
         spec, tokenizer, k=k, seed=seed, n_test=test_n, source=source
     )
     batch = train_batch(tokenizer, task, train_rows)
-    _seed_prompt(model, seed)
+    seed_prompt(
+        model, seed, init, std=INIT_STD, tokenizer=tokenizer, init_text=INIT_TEXTS.get(spec.key)
+    )
     params = prompt_parameters(model)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, eps=ADAM_EPS)
     start_prompt = prompt_matrix(model).detach().clone()
@@ -305,6 +321,7 @@ def run_one(
     regs: list[float] = []
     ratios: list[float] = []
     steps: int | None = None
+    diverged = False
     token_acc = 0.0
     t0 = time.perf_counter()
     model.train()
@@ -312,7 +329,12 @@ def run_one(
         last = t == max_steps
         with torch.set_grad_enabled(not last):
             out = prompt_forward(model, batch)
-        ces.append(round(float(out.ce.detach()), 5))
+        ce_value = float(out.ce.detach())
+        if not math.isfinite(ce_value):  # diverged: it can never fit, and NaN would spread
+            diverged = True
+            ces.append(None)
+            break
+        ces.append(round(ce_value, 5))
         token_acc = out.token_accuracy
         if bool(out.example_correct.all()):
             steps = t
@@ -362,8 +384,10 @@ def run_one(
         "k": k,
         "method": method_label,
         "seed": seed,
+        "init": init,
         "lr": lr,
         "max_steps": max_steps,
+        "status": "diverged" if diverged else "ok",
         "converged": steps is not None,
         "steps": steps,
         "ce": ces,
@@ -371,9 +395,9 @@ def run_one(
         "grad_ratio": statistics.median(ratios) if ratios else None,
         "token_accuracy": token_acc,
         "prompt_start": prompt_stats(start_prompt),
-        "prompt_end": prompt_stats(P_end),
+        "prompt_end": None if diverged else prompt_stats(P_end),
         "topology_start": topo_summary(start_prompt),
-        "topology_end": topo_summary(P_end),
+        "topology_end": None if diverged else topo_summary(P_end),
         "verify": None,
         "test": None,
         "seconds": round(seconds, 2),
@@ -381,7 +405,7 @@ def run_one(
         "prompt_file": str(prompt_file),
     }
     with torch.no_grad():
-        if verify:
+        if verify and not diverged:
             n_target = int((batch["labels"] != -100).sum(dim=1).max())
             res = evaluate_model(
                 model,
@@ -397,7 +421,7 @@ def run_one(
                 for p, r in zip(res.predictions, train_rows, strict=True)
             ]
             record["verify"] = {"accuracy": res.accuracy, "exact": sum(exact) / len(exact)}
-        if test_n:
+        if test_n and not diverged:
             res = evaluate_model(
                 model,
                 tokenizer,
@@ -437,7 +461,7 @@ def check_trainer(
     task, train_rows, _ = task_rows(spec, tokenizer, k=1, seed=0, n_test=0, source=source)
     batch = train_batch(tokenizer, task, train_rows)
 
-    _seed_prompt(model, 0)
+    seed_prompt(model, 0, std=INIT_STD)
     params = prompt_parameters(model)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, eps=ADAM_EPS)
     ours_ce, ours_ts = [], []
@@ -452,7 +476,7 @@ def check_trainer(
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    _seed_prompt(model, 0)
+    seed_prompt(model, 0, std=INIT_STD)
     with tempfile.TemporaryDirectory() as tmp:
         args = TopologicalPromptConfig(
             output_dir=tmp,
@@ -508,18 +532,63 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _counted(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs every statistic uses: all but the failed ones (those are counted apart)."""
+    return [r for r in runs if common.run_status(r) != "failed"]
+
+
+def _fit_steps(rs: list[dict[str, Any]]) -> dict[int, int | None]:
+    """``{seed: steps}`` of one group, None where the run did not fit (censored, diverged)."""
+    return {r["seed"]: (r["steps"] if r["converged"] else None) for r in rs}
+
+
+def per_setting_vs_ce(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every method against CE within each (task, setting), paired by seed: the family of
+    tests this page makes, with Holm's adjustment over all of them.
+
+    Each entry is ``stats.compare`` (``ratio`` = geometric mean of the per-seed
+    ``steps / steps(CE)``, censored runs counted as budget + 1 steps, ``ci_low`` /
+    ``ci_high`` its bootstrap 95% interval, ``p`` the Wilcoxon signed-rank p) plus ``task``,
+    ``setting``, ``method`` and ``p_holm``."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in _counted(runs):
+        groups.setdefault((r["task"], r["setting"], r["method"]), []).append(r)
+    order = {m: i for i, m in enumerate(METHODS)}
+    out = []
+    for (task, setting, method), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99))
+    ):
+        base = groups.get((task, setting, "ce"))
+        if method == "ce" or not base:
+            continue
+        budget = max(r["max_steps"] for r in rs + base)
+        cmp = stats.compare(
+            method, f"{task}/{setting}", "ce", _fit_steps(rs), _fit_steps(base), budget
+        )
+        if cmp["n_pairs"]:
+            out.append({"task": task, "setting": setting, "method": method, **cmp})
+    for entry, p_holm in zip(out, stats.holm([e["p"] for e in out]), strict=True):
+        entry["p_holm"] = p_holm
+    return out
+
+
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One summary per (task, setting, method); see the module docstring for the fields."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    counted = _counted(runs)
+    failed: dict[tuple[str, str, str], int] = {}
     for r in runs:
+        if common.run_status(r) == "failed":
+            key = (r["task"], r["setting"], r["method"])
+            failed[key] = failed.get(key, 0) + 1
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in counted:
         groups.setdefault((r["task"], r["setting"], r["method"]), []).append(r)
-    ce_steps: dict[tuple[str, str], dict[int, float]] = {}
     ce_median: dict[tuple[str, str], float] = {}
     for (task, setting, method), rs in groups.items():
         if method == "ce":
-            steps = {r["seed"]: (r["steps"] if r["converged"] else math.inf) for r in rs}
-            ce_steps[(task, setting)] = steps
-            ce_median[(task, setting)] = _quantile(list(steps.values()), 0.5)
+            steps = [r["steps"] if r["converged"] else math.inf for r in rs]
+            ce_median[(task, setting)] = _quantile(steps, 0.5)
+    paired = {(c["task"], c["setting"], c["method"]): c for c in per_setting_vs_ce(runs)}
     out = []
     order = {m: i for i, m in enumerate(METHODS)}
     for (task, setting, method), rs in sorted(
@@ -532,14 +601,11 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         improvement = None
         if base is not None and math.isfinite(base) and base > 0 and math.isfinite(med):
             improvement = 1.0 - med / base
-        ratios = []
-        for r in rs:
-            b = ce_steps.get((task, setting), {}).get(r["seed"])
-            if r["converged"] and b is not None and math.isfinite(b) and b > 0:
-                ratios.append(r["steps"] / b)
+        cmp = paired.get((task, setting, method))
         tests = [r["test"]["accuracy"] for r in rs if r.get("test")]
         verifies = [r["verify"] for r in rs if r.get("verify") and r["converged"]]
         grads = [r["grad_ratio"] for r in rs if r.get("grad_ratio") is not None]
+        scored = next((r for r in rs if r.get("test")), None)
         out.append(
             {
                 "task": task,
@@ -547,6 +613,8 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "method": method,
                 "n": len(rs),
                 "n_converged": sum(r["converged"] for r in rs),
+                "n_diverged": sum(common.run_status(r) == "diverged" for r in rs),
+                "n_failed": failed.get((task, setting, method), 0),
                 "seeds": [r["seed"] for r in rs],
                 "steps": [r["steps"] for r in rs],
                 "median": _finite_or_none(med),
@@ -557,13 +625,16 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
                 "max_steps": max(r["max_steps"] for r in rs),
                 "improvement_vs_ce": improvement,
-                "paired_ratio": statistics.median(ratios) if ratios else None,
-                "n_paired": len(ratios),
+                "paired_ratio": cmp["ratio"] if cmp else None,
+                "paired_ci": [cmp["ci_low"], cmp["ci_high"]] if cmp else None,
+                "paired_p": cmp["p"] if cmp else None,
+                "paired_p_holm": cmp["p_holm"] if cmp else None,
+                "n_paired": cmp["n_pairs"] if cmp else 0,
                 "test_accuracy": {
                     "mean": statistics.fmean(tests) if tests else None,
                     "sd": statistics.stdev(tests) if len(tests) > 1 else None,
                     "n": len(tests),
-                    "n_examples": rs[0]["test"]["n"] if rs[0].get("test") else None,
+                    "n_examples": scored["test"]["n"] if scored else None,
                 },
                 "train_greedy_accuracy": (
                     statistics.fmean(v["accuracy"] for v in verifies) if verifies else None
@@ -579,57 +650,51 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def pooled_paired(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each method against CE over every (task, setting, seed) where both converged.
+    """Each method against CE, paired by seed: one row per (task, setting) it ran in (the
+    family of :func:`per_setting_vs_ce`, with ``p_holm``) and, when it ran in several, a
+    pooled row (``scope`` ``"all"``) over all their pairs (a summary of the same data, not a
+    further test: ``p_holm`` null).
 
-    ``{"method", "n_pairs", "groups", "geo_mean_ratio", "ratio_q25", "ratio_q75",
-    "faster", "slower", "wilcoxon_p"}``: the geometric mean of steps / steps(CE), its
-    quartiles, how many pairs were faster / slower than CE, and the two-sided Wilcoxon
-    signed-rank p-value of log(steps / steps(CE)) (null with fewer than 5 pairs or all ties).
+    ``{"method", "scope", "n_pairs", "groups", "geo_mean_ratio", "ci_low", "ci_high",
+    "ratio_q25", "ratio_q75", "faster", "slower", "ties", "wilcoxon_p", "p_holm"}``: the
+    geometric mean of the per-seed ``steps / steps(CE)`` (``bench/stats.py``, censored runs
+    as budget + 1 steps), its bootstrap 95% interval and quartiles, the pair counts, and the
+    two-sided Wilcoxon signed-rank p of the log ratios (null when every pair ties).
     """
-    from scipy.stats import wilcoxon
-
-    ce = {
-        (r["task"], r["setting"], r["seed"]): r["steps"]
-        for r in runs
-        if r["method"] == "ce" and r["converged"]
-    }
-    by_method: dict[str, list[tuple[str, float]]] = {}
-    for r in runs:
-        base = ce.get((r["task"], r["setting"], r["seed"]))
-        if r["method"] == "ce" or not r["converged"] or not base or not r["steps"]:
-            continue
-        group = f"{r['task']}/{r['setting']}"
-        by_method.setdefault(r["method"], []).append((group, r["steps"] / base))
-    out = []
+    family = per_setting_vs_ce(runs)
     order = {m: i for i, m in enumerate(METHODS)}
-    for method, all_pairs in sorted(by_method.items(), key=lambda kv: order.get(kv[0], 99)):
-        groups = sorted({g for g, _ in all_pairs})
-        # Pooled over everything, then per (task, setting) when the method ran in several:
-        # an effect confined to one setting is diluted (or hidden) by the pool.
-        scopes = [("all", all_pairs)]
-        if len(groups) > 1:
-            scopes += [(g, [x for x in all_pairs if x[0] == g]) for g in groups]
-        for scope, pairs in scopes:
-            out.append(_paired_stats(method, scope, pairs, wilcoxon))
+    out = []
+    for method in sorted({c["method"] for c in family}, key=lambda m: order.get(m, 99)):
+        rows = [c for c in family if c["method"] == method]
+        if len(rows) > 1:
+            ratios = [x for c in rows for x in c["ratios"].values()]
+            out.append(_pooled_row(method, "all", [c["config"] for c in rows], ratios, None))
+        for c in rows:
+            ratios = list(c["ratios"].values())
+            out.append(_pooled_row(method, c["config"], [c["config"]], ratios, c["p_holm"]))
     return out
 
 
-def _paired_stats(method: str, scope: str, pairs: list[tuple[str, float]], wilcoxon: Any) -> dict:
-    logs = np.log([x for _, x in pairs])
-    p = None
-    if len(logs) >= 5 and np.any(logs != 0):
-        p = float(wilcoxon(logs, alternative="two-sided").pvalue)
+def _pooled_row(
+    method: str, scope: str, groups: list[str], ratios: list[float], p_holm: float | None
+) -> dict[str, Any]:
+    logs = np.log(ratios)
+    lo, hi = stats.bootstrap_ci(ratios)
     return {
         "method": method,
         "scope": scope,
-        "n_pairs": len(pairs),
-        "groups": sorted({g for g, _ in pairs}),
-        "geo_mean_ratio": float(np.exp(logs.mean())),
+        "n_pairs": len(ratios),
+        "groups": groups,
+        "geo_mean_ratio": stats.geo_mean(ratios),
+        "ci_low": lo,
+        "ci_high": hi,
         "ratio_q25": float(np.exp(np.quantile(logs, 0.25))),
         "ratio_q75": float(np.exp(np.quantile(logs, 0.75))),
         "faster": int((logs < 0).sum()),
         "slower": int((logs > 0).sum()),
-        "wilcoxon_p": p,
+        "ties": int((logs == 0).sum()),
+        "wilcoxon_p": stats.wilcoxon_p(ratios),
+        "p_holm": p_holm,
     }
 
 
@@ -682,7 +747,8 @@ def scale_diagnostics(runs: list[dict[str, Any]], tau: float = 0.1, alpha: float
     result: dict[str, Any] = {}
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
-        if r["method"] == "ce" and Path(r.get("prompt_file", "")).is_file():
+        ok = common.run_status(r) == "ok"
+        if ok and r["method"] == "ce" and Path(r.get("prompt_file", "")).is_file():
             groups.setdefault(f"{r['task']}/{r['setting']}", []).append(r)
     for name, rs in sorted(groups.items()):
         ends = [
@@ -701,6 +767,16 @@ def _fmt_steps(g: dict[str, Any]) -> str:
         return ">" + str(g["max_steps"]) if x is None else f"{x:g}"
 
     return f"{f(g['median'])} [{f(g['q25'])}, {f(g['q75'])}]"
+
+
+def _fmt_paired(g: dict[str, Any]) -> str:
+    if g["paired_ratio"] is None:
+        return "baseline" if g["method"] == "ce" else "n/a"
+    lo, hi = g["paired_ci"]
+    return (
+        f"{g['paired_ratio']:.2f} [{lo:.2f}, {hi:.2f}], p {_fmt(g['paired_p'], '.3f')}, "
+        f"Holm {_fmt(g['paired_p_holm'], '.2f')}"
+    )
 
 
 def _fmt(x: float | None, spec: str = ".3f", pct: bool = False) -> str:
@@ -725,8 +801,13 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "Steps are median [25th, 75th percentile] over seeds; a run that did not converge "
         "within the budget counts as +infinity (shown as >budget). `vs CE` is "
-        "1 - median / median(CE) (the paper's 'improvement'); `paired` is the median over "
-        "seeds of steps / steps(CE) for the same seed (same rows, same init). Greedy check: "
+        "1 - median / median(CE) (the paper's 'improvement'); `paired` is the geometric mean "
+        "over seeds of steps / steps(CE) for the same seed (same rows, same init; a run that "
+        "did not fit counts as budget + 1 steps) with its bootstrap 95% interval, as "
+        "everywhere in `bench/` (`bench/stats.py`); `p` is the Wilcoxon signed-rank p and "
+        "`Holm` the same p adjusted over every per-setting comparison on this page. A failed "
+        "run (an exception) is in no statistic and is counted in `failed`; a diverged one "
+        "(loss NaN/inf) counts as not fitted. Greedy check: "
         "extracted-answer accuracy and exact-text match of real greedy generation on the "
         "training rows of the converged prompts. ‖∇reg‖/‖∇CE‖: median ratio of the "
         "gradient norms on the prompt.",
@@ -746,9 +827,11 @@ def markdown(data: dict[str, Any]) -> str:
                 [
                     f"`{g['method']}`",
                     f"{g['n_converged']}/{g['n']}",
+                    f"{g.get('n_failed', 0)}"
+                    + (f" (+{g['n_diverged']} diverged)" if g.get("n_diverged") else ""),
                     _fmt_steps(g),
                     _fmt(g["improvement_vs_ce"], ".1f", pct=True),
-                    _fmt(g["paired_ratio"], ".2f"),
+                    _fmt_paired(g),
                     test,
                     _fmt(g["train_greedy_accuracy"], ".2f"),
                     _fmt(g["train_greedy_exact"], ".2f"),
@@ -766,9 +849,10 @@ def markdown(data: dict[str, Any]) -> str:
                 [
                     "method",
                     "converged",
+                    "failed",
                     "steps median [IQR]",
                     "vs CE",
-                    "paired",
+                    "paired [95% CI], p, Holm",
                     f"test acc % ({n_test or 0} ex.)",
                     "greedy train acc",
                     "greedy exact",
@@ -780,32 +864,40 @@ def markdown(data: dict[str, Any]) -> str:
             "",
         ]
     pooled = data.get("pooled") or []
+    n_family = sum(1 for x in pooled if x["scope"] != "all")
     if pooled:
         lines += [
-            "## Each method against CE, paired by seed (pooled, then per task and setting)",
+            "## Each method against CE, paired by seed (per task and setting, then pooled)",
             "",
-            "Ratio = steps / steps(CE) for the same rows and init (both converged); geometric "
-            "mean and quartiles; Wilcoxon signed-rank test of log ratio = 0 (two-sided).",
+            "Ratio = steps / steps(CE) for the same rows and init (a run that did not fit "
+            "counts as budget + 1 steps): geometric mean over seeds, its bootstrap 95% "
+            "interval and the quartiles of the per-seed ratios; Wilcoxon signed-rank test of "
+            f"log ratio = 0 (two-sided). Holm: adjusted over the {n_family} per-setting "
+            "comparisons of this table (the family this page tests); a pooled row (`all`) "
+            "summarises rows already in the family and is not a further test. With n pairs "
+            "the smallest two-sided p is 2 / 2^n (0.0625 at n = 5).",
             "",
             common.markdown_table(
                 [
                     "method",
                     "scope",
                     "pairs",
-                    "geo-mean ratio [IQR]",
-                    "faster / slower",
+                    "geo-mean ratio [95% CI]",
+                    "IQR",
+                    "faster / slower / ties",
                     "Wilcoxon p",
-                    "in",
+                    "Holm p",
                 ],
                 [
                     [
                         f"`{x['method']}`",
-                        x.get("scope", "all"),
+                        x["scope"],
                         x["n_pairs"],
-                        f"{x['geo_mean_ratio']:.2f} [{x['ratio_q25']:.2f}, {x['ratio_q75']:.2f}]",
-                        f"{x['faster']} / {x['slower']}",
+                        f"{x['geo_mean_ratio']:.2f} [{x['ci_low']:.2f}, {x['ci_high']:.2f}]",
+                        f"[{x['ratio_q25']:.2f}, {x['ratio_q75']:.2f}]",
+                        f"{x['faster']} / {x['slower']} / {x['ties']}",
                         _fmt(x["wilcoxon_p"], ".3f"),
-                        ", ".join(x["groups"]),
+                        _fmt(x["p_holm"], ".3f") if x["scope"] != "all" else "(pooled)",
                     ]
                     for x in pooled
                 ],
@@ -874,6 +966,8 @@ def markdown(data: dict[str, Any]) -> str:
             f"{tc['ours']['ts']}, trainer {tc['trainer']['ts']} (max |diff| "
             f"{tc['max_abs_diff_ts']:.2e}).",
         ]
+    if data.get("provenance"):
+        lines += ["", common.provenance_markdown(data["provenance"])]
     lines += ["", common.environment_markdown(data["meta"], data.get("load"))]
     return "\n".join(lines)
 
@@ -896,6 +990,7 @@ def write_report(out: Path, runs_file: Path, meta: dict[str, Any], extra: dict[s
         "methods": {k: asdict(v) for k, v in METHODS.items()},
         "groups": aggregate(runs),
         "pooled": pooled_paired(runs),
+        "provenance": common.provenance_summary(runs, (meta.get("git") or {}).get("commit")),
         "scale": scale,
         "trainer_check": trainer_check,
         "runs_file": str(runs_file),
@@ -1031,7 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(tc, indent=1))
             extra["trainer_check"] = tc
         else:
-            done = {r["key"] for r in read_runs(runs_file)}
+            done = common.done_keys(read_runs(runs_file))  # failed runs are retried
             budgets, test_n = _budgets(args), _test_n(args)
             todo = [x for x in _plan(args) if run_key(x[0], x[1], x[2], x[3]) not in done]
             print(f"{len(todo)} run(s) to do, {len(done)} already in {runs_file}", flush=True)
@@ -1053,7 +1148,12 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 except (ValueError, RuntimeError) as err:  # one bad run must not stop the grid
                     print(f"[{i + 1}/{len(todo)}] {task}|{setting}|{method}|{seed} failed: {err}")
+                    fields = {"task": task, "setting": setting, "method": method, "seed": seed}
+                    fields |= {"lr": args.lr, "max_steps": budgets[(task, setting)]}
+                    key = run_key(task, setting, method, seed)
+                    append_line(runs_file, json.dumps(common.failed_record(key, fields, err, meta)))
                     continue
+                rec.update(common.provenance(meta))
                 append_line(runs_file, json.dumps(rec))
                 test = rec["test"]["accuracy"] if rec["test"] else None
                 print(

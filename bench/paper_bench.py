@@ -200,6 +200,62 @@ def prompt_forward(model: Any, batch: dict[str, torch.Tensor]) -> ForwardOut:
     return ForwardOut(ce, wrong == 0, float(hit.float().mean()))
 
 
+#: The initial prompts a run can start from (``bench/PROTOCOL.md``, section 3).
+PROMPT_INITS: tuple[str, ...] = ("normal", "sample_vocab", "text")
+#: The ``text`` init's task instruction per benchmark task (PROTOCOL.md, section 3).
+INIT_TEXTS: dict[str, str] = {
+    "bbh": "Evaluate the Boolean expression and answer True or False.",
+    "gsm8k": "Solve the math word problem step by step, then give the final answer after ####.",
+    "mmlu": "Answer the multiple-choice question with the letter of the correct option.",
+}
+
+
+@torch.no_grad()
+def seed_prompt(
+    model: Any,
+    seed: int,
+    init: str = "normal",
+    *,
+    std: float = 0.02,
+    tokenizer: Any = None,
+    init_text: str | None = None,
+) -> None:
+    """Re-draw the prompt of a peft prompt-tuning ``model`` in place, as a fresh
+    ``get_peft_model`` with that init would after ``torch.manual_seed(seed)``.
+
+    ``normal``: N(0, std^2) (the paper). ``sample_vocab`` and ``text`` repeat peft's
+    ``PromptEmbedding.__init__`` step for step (``torch.randint`` over the vocabulary /
+    the instruction's token ids trimmed or repeated to n; then the *embedding layer's forward*,
+    so a model that scales embeddings inside that layer, like Gemma, gets scaled rows), which
+    lets one wrapped model serve every run; ``tests/test_bench_experiments.py`` checks the
+    result equals peft's own init.
+    """
+    from hf_tsprompt.prompts import get_prompt_peft_model, init_prompt_
+
+    torch.manual_seed(seed)
+    if init == "normal":
+        init_prompt_(model, std=std)
+        return
+    inner, name, _ = get_prompt_peft_model(model)
+    weight = inner.prompt_encoder[name].embedding.weight
+    n = weight.shape[0]
+    emb = inner.word_embeddings
+    if init == "sample_vocab":
+        # peft first builds the nn.Embedding (its N(0, 1) init draws n x d normals from the
+        # global generator), then samples the ids: consume the same draws first.
+        torch.nn.init.normal_(torch.empty_like(weight))
+        ids = torch.randint(0, emb.num_embeddings, (n,), dtype=torch.long)
+    elif init == "text":
+        if tokenizer is None or not init_text:
+            raise ValueError("init 'text' needs a tokenizer and init_text")
+        text_ids = list(tokenizer(init_text)["input_ids"])
+        text_ids = (text_ids * -(-n // len(text_ids)))[:n]
+        ids = torch.tensor(text_ids, dtype=torch.long)
+    else:
+        raise ValueError(f"init {init!r} unknown; choose one of {', '.join(PROMPT_INITS)}")
+    weight.copy_(emb(ids.to(emb.weight.device)).to(weight.dtype))
+
+
 def prompt_stats(P: torch.Tensor) -> dict[str, float]:
     """Scale of a prompt cloud: mean row norm, mean pairwise and mean nearest-neighbour
     distance (the numbers tau and alpha are to be compared with)."""
