@@ -1,0 +1,127 @@
+"""``bench/time_to_fit.py``: the protocol's selection rule, comparisons and verdicts on
+synthetic runs with known answers, and its ``--quick`` end-to-end smoke run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import time_to_fit as ttf
+
+from tiny import run_bench
+
+D = ttf.PROTOCOL
+
+
+def _run(stage, task, arm, seed, steps, acc=0.5, status="ok"):
+    return {
+        "key": ttf.run_key(arm, task, seed),
+        "stage": stage,
+        "task": task,
+        "arm": arm,
+        "seed": seed,
+        "converged": steps is not None,
+        "steps": steps,
+        "test": {"accuracy": acc},
+        "status": status,
+    }
+
+
+def test_parse_arm_round_trip_and_errors():
+    assert ttf.parse_arm(ttf.arm_label("ce+ts", "sample_vocab", 0.03)) == (
+        "ce+ts",
+        "sample_vocab",
+        0.03,
+    )
+    for bad in ("ce", "ce@normal", "nope@normal,lr=0.1", "ce@orthogonal,lr=0.1", "ce@text,lr=-1"):
+        with pytest.raises(ValueError, match="arm"):
+            ttf.parse_arm(bad)
+
+
+def test_selection_rule_by_hand():
+    runs = []
+    # normal lr 0.03: slow but the most accurate; sample_vocab lr 0.1: fastest, 4 points
+    # less accurate (inside the 5-point window); text lr 0.1: faster still but 10 points
+    # less accurate (outside it); sample_vocab lr 0.03: in the window, slower on median.
+    for seed, (a, b, c, e) in zip(
+        D.tune_seeds, [(30, 9, 5, 9), (32, 10, 6, 12), (31, 11, 7, 13)], strict=True
+    ):
+        runs.append(_run("tune", "bbh", "ce@normal,lr=0.03", seed, a, acc=0.60))
+        runs.append(_run("tune", "bbh", "ce@sample_vocab,lr=0.1", seed, b, acc=0.56))
+        runs.append(_run("tune", "bbh", "ce@text,lr=0.1", seed, c, acc=0.50))
+        runs.append(_run("tune", "bbh", "ce@sample_vocab,lr=0.03", seed, e, acc=0.57))
+    table = ttf.tuning_table(runs, "bbh", D)
+    assert ttf.select_best(table, D) == "ce@sample_vocab,lr=0.1"
+    best = ttf.best_baselines(runs, D)
+    assert best["bbh"]["arm"] == "ce@sample_vocab,lr=0.1"
+    assert best["gsm8k"] == {"arm": "ce@sample_vocab,lr=0.1", "source": best["gsm8k"]["source"]}
+    assert "BBH's choice" in best["gsm8k"]["source"]
+    # A censored arm (median infinite) never wins on steps.
+    cens = [_run("tune", "bbh", "ce@normal,lr=0.01", s, None, acc=0.9) for s in D.tune_seeds]
+    cens += [_run("tune", "bbh", "ce@normal,lr=0.1", s, 40, acc=0.88) for s in D.tune_seeds]
+    assert ttf.select_best(ttf.tuning_table(cens, "bbh", D), D) == "ce@normal,lr=0.1"
+
+
+def test_primary_comparisons_holm_and_verdicts():
+    base = "ce@sample_vocab,lr=0.1"
+    runs = [_run("tune", "bbh", base, s, 10) for s in D.tune_seeds]
+    for seed in D.eval_seeds:
+        runs.append(_run("primary", "bbh", base, seed, 20 + seed, acc=0.5))
+        # TSLoss halves the steps on every seed, same accuracy: exact p = 2/1024.
+        runs.append(_run("primary", "bbh", "ce+ts@sample_vocab,lr=0.1", seed, 10, acc=0.5))
+        # The scale-free arm: one more step on odd seeds, one fewer on even: no effect.
+        runs.append(
+            _run("primary", "bbh", "ts:mean@sample_vocab,lr=0.1", seed, 20 + seed + (-1) ** seed)
+        )
+    res = ttf.build_result(runs, {"git": {"commit": None}}, {}, D)
+    by = {c["name"]: c for c in res["primary"]}
+    ts = by["bbh-tsloss"]
+    assert ts["p"] == pytest.approx(2 / 1024)
+    # Holm over three comparisons (gsm8k not run counts with p = 1): the smallest p x 3.
+    assert ts["p_holm"] == pytest.approx(3 * 2 / 1024)
+    assert ts["verdict"] == "fits faster; accuracy equal or better"
+    assert by["gsm8k-tsloss"]["status"] == "not run" and by["gsm8k-tsloss"]["p_holm"] == 1.0
+    assert by["bbh-tsloss-scalefree"]["verdict"].startswith("no difference detected at 10 seeds")
+    assert res["headline"]["name"] == "bbh-tsloss"
+    assert ts["ratio"] < ttf.MOONSHOT_RATIO and res["moonshot_met"] is True
+
+
+def test_failed_and_worse_accuracy_runs_are_counted_not_dropped():
+    base = "ce@normal,lr=0.03"
+    runs = [_run("tune", "bbh", base, s, 10) for s in D.tune_seeds]
+    for seed in D.eval_seeds:
+        runs.append(_run("primary", "bbh", base, seed, 20, acc=0.6))
+        status = "failed" if seed == 0 else "ok"
+        runs.append(_run("primary", "bbh", "ce+ts@normal,lr=0.03", seed, 5, acc=0.3, status=status))
+    c = {x["name"]: x for x in ttf.build_result(runs, {}, {}, D)["primary"]}["bbh-tsloss"]
+    assert c["n_pairs"] == 10 and c["arm_failed"] == 1
+    assert c["ratios"]["0"] == pytest.approx((D.budget + 1) / 20)  # failed = censored
+    assert c["verdict"].endswith("accuracy may be worse")
+    assert not ttf.moonshot_met(c)
+
+
+def test_time_to_fit_quick(tmp_path):
+    out = tmp_path / "ttf"
+    run_bench("time_to_fit.py", "--quick", "--out", str(out), cwd=tmp_path)
+    data = json.loads((out / "time_to_fit.json").read_text())
+    assert {"protocol", "tuning", "best_baseline", "primary", "headline", "provenance"} <= set(data)
+    fields = {"name", "config", "baseline", "seeds", "ratio", "ci_low", "ci_high", "p", "p_holm"}
+    ran = [c for c in data["primary"] if c["status"] == "ok"]
+    assert {c["name"] for c in ran} == {"bbh-tsloss", "bbh-tsloss-scalefree"}
+    for c in ran:
+        assert fields <= set(c) and c["seeds"] == [0, 1]
+    assert fields <= set(data["headline"])
+    assert len(data["tuning"]["bbh"]) == 3  # one lr x three inits in the quick design
+    runs = [json.loads(x) for x in (out / "time_to_fit_runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 3 + 2 * 3  # tuning + (baseline, two arms, paper init = baseline) x 2
+    assert all(r["commit"] and "dirty" in r for r in runs)
+    assert {r["init"] for r in runs if r["stage"] == "tune"} == {"normal", "sample_vocab", "text"}
+    assert set(data["scale"][0]["inits"]) == {"normal", "sample_vocab", "text"}
+    assert "Holm" in (out / "time_to_fit.md").read_text()
+    again = run_bench("time_to_fit.py", "--quick", "--out", str(out), cwd=tmp_path)
+    assert "tune: 0 run(s) to do" in again.stdout
