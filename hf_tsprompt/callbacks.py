@@ -7,14 +7,23 @@ Snapshots are taken at the start of training, on the schedule (``every_n_steps``
 ``<output_dir>/topology/`` in the format of :mod:`hf_tsprompt.records`.
 
 **Logging.** A snapshot's summary is logged as ``topo/<metric>`` (``topo/h1_count``,
-``topo/entropy``, ``topo/accuracy``...). A callback's ``on_log`` runs *after* the reporting
-integrations have received the logs, so the metrics are handed over earlier:
+``topo/entropy``, ``topo/accuracy``...). From the second snapshot on, the structural
+*evolution* is logged too: the Wasserstein and bottleneck distances from the previous snapshot's
+diagrams, per homology dimension (``topo/h0_wasserstein``, ``topo/h0_bottleneck``,
+``topo/h1_wasserstein``, ``topo/h1_bottleneck``; :func:`hf_tsprompt.topology.evolution`, which
+drops the infinite H0 bar), and stored in the record's ``evolution``. They are distances per
+snapshot interval, not per step: divide by the step gap (``step - previous_step``) for a rate
+when the schedule is uneven (the last step, epoch snapshots).
+
+A callback's ``on_log`` runs *after* the reporting integrations have received the logs, so the
+metrics are handed over earlier:
 :class:`~hf_tsprompt.TopologicalPromptTrainer` merges them in its ``log()``; with any other
 ``Trainer``, call :meth:`PersistenceCallback.attach` (it puts the callback first, so its
 ``on_log`` adds the metrics before TensorBoard / W&B see them).
 
 **Resume.** On ``resume_from_checkpoint`` the records after the checkpoint's step (written by
-the interrupted run) are dropped and re-taken, so the record has no duplicate and no gap.
+the interrupted run) are dropped and re-taken, so the record has no duplicate and no gap; the
+first snapshot after the resume measures its evolution from the last record kept.
 
 **Distributed.** Only the world main process computes and writes.
 """
@@ -40,7 +49,7 @@ from .records import (
     truncate_records,
     write_snapshot,
 )
-from .topology import persistence
+from .topology import diagrams_from_lists, evolution, persistence
 
 #: Summary keys sent to the trainer's logs (as ``topo/<key>``).
 LOGGED_KEYS: tuple[str, ...] = (
@@ -64,6 +73,16 @@ def _steps_up_to(tdir: Path, step: int) -> set[int]:
     if not (tdir / RECORDS_FILE).is_file():
         return set()
     return {r["step"] for r in read_records(tdir) if r["step"] <= step}
+
+
+def _last_diagrams(records: list[dict[str, Any]]) -> tuple[int, list[np.ndarray]] | None:
+    """(step, diagrams) of the latest record (the last line wins for a step), or None."""
+    by_step = {r["step"]: r for r in records if isinstance(r.get("diagrams"), dict)}
+    if not by_step:
+        return None
+    step = max(by_step)
+    lists = by_step[step]["diagrams"]
+    return step, diagrams_from_lists([lists.get(f"h{k}", []) for k in range(len(lists))])
 
 
 def _is_real(value: Any) -> bool:
@@ -117,6 +136,8 @@ class PersistenceCallback(TrainerCallback):
         self._recorded: set[int] = set()
         self._pending: dict[str, float] = {}
         self._dir: Path | None = None
+        # (step, diagrams) of the last snapshot, for the evolution metrics (main process only).
+        self._previous: tuple[int, list[np.ndarray]] | None = None
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -151,13 +172,15 @@ class PersistenceCallback(TrainerCallback):
         self._dir = topology_dir(args.output_dir)
         self._recorded = set()
         self._pending = {}
+        self._previous = None
         if state.global_step > 0:
             # Resuming: the snapshots the interrupted run took after its checkpoint are taken
             # again by the schedule, so they are dropped; every rank learns which steps stay
             # (a read), so all ranks take the same snapshot decisions; the main one truncates.
             self._recorded = _steps_up_to(self._dir, state.global_step)
             if state.is_world_process_zero:
-                truncate_records(self._dir, state.global_step)
+                kept = truncate_records(self._dir, state.global_step)
+                self._previous = _last_diagrams(kept)
             return
         if state.is_world_process_zero:
             # A fresh run into a folder with old records starts the record over.
@@ -232,6 +255,10 @@ class PersistenceCallback(TrainerCallback):
             return
         P = P_t.detach().float().cpu().numpy()
         result = persistence(P, maxdim=self.maxdim)
+        evo: dict[str, Any] | None = None
+        if self._previous is not None:
+            evo = {"previous_step": self._previous[0], **evolution(self._previous[1], result)}
+        self._previous = (step, result.diagrams)
         compute_s = time.perf_counter() - t0
         accuracy, eval_info = self._run_eval(model)
         record = make_record(
@@ -243,11 +270,15 @@ class PersistenceCallback(TrainerCallback):
             time=time.time(),
             accuracy=accuracy,
             eval_info=eval_info,
+            evolution=evo,
         )
         record["compute_seconds"] = compute_s
         write_snapshot(self._dir, record, P if self.save_prompts else None)
         summary = record["summary"]
         self._pending = {f"topo/{k}": float(summary[k]) for k in LOGGED_KEYS}
+        for key, value in (evo or {}).items():
+            if key != "previous_step":
+                self._pending[f"topo/{key}"] = float(value)
         if accuracy is not None:
             self._pending["topo/accuracy"] = float(accuracy)
         for key, value in (record.get("eval") or {}).items():

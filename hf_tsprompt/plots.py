@@ -12,6 +12,7 @@ function                      paper figure
 :func:`plot_topology_curves`  Figs. 1a/1c, 6, 10, 11: feature counts and mean lifespans
 :func:`plot_entropy`          Fig. 2b: persistence entropy over training
 :func:`plot_density`          Fig. 2a: H1 density against point-cloud density
+:func:`plot_evolution`        structural evolution: diagram distance between snapshots
 :func:`plot_heatmaps`         Fig. 7: pairwise distance matrices of the prompt
 :func:`plot_pca`              Fig. 8: prompt vectors over training, PCA
 :func:`plot_tsne`             Fig. 9: prompt vectors over training, t-SNE
@@ -62,6 +63,7 @@ __all__ = [
     "plot_density",
     "plot_diagrams",
     "plot_entropy",
+    "plot_evolution",
     "plot_heatmaps",
     "plot_loss",
     "plot_pca",
@@ -496,6 +498,50 @@ def plot_entropy(
     )
 
 
+def plot_evolution(
+    run_dirs: RunDirs, out_dir: PathLike, labels: Sequence[str] | None = None
+) -> list[Path]:
+    """Structural evolution: how far the diagrams move from one snapshot to the next.
+
+    Two panels, the Wasserstein and the bottleneck distance between consecutive snapshots'
+    persistence diagrams (H0 solid, H1 dashed; :func:`hf_tsprompt.topology.evolution`, the
+    infinite H0 bar dropped), each point drawn at the later snapshot's step. Runs are
+    overlaid. A distance is per snapshot interval, so an uneven schedule (the last step)
+    shows as a shorter interval, not a slower change.
+    """
+    from .records import evolution_series
+
+    runs = _as_run_list(run_dirs)
+    loaded = _load_runs(runs, _run_labels(runs, labels), "evolution", min_snapshots=3)
+    if not loaded:
+        return _skip("evolution", "no run has three or more snapshots (two distances)")
+    multi = len(loaded) > 1
+    series = (("h0", "H0", "-"), ("h1", "H1", "--"))
+    with rc_context(STYLE):
+        fig, axes = _figure(2, (5.0, 3.8), max_cols=2)
+        for ax, (metric, title) in zip(
+            axes,
+            (
+                ("wasserstein", "Wasserstein (W1) distance"),
+                ("bottleneck", "bottleneck distance"),
+            ),
+            strict=True,
+        ):
+            for _, color, records in loaded:
+                evo = evolution_series(records)
+                steps = [e["step"] for e in evo]
+                for dim, _, ls in series:
+                    ax.plot(steps, [e[f"{dim}_{metric}"] for e in evo], ls=ls, marker="o", c=color)
+            ax.set_title(f"{title} to the previous snapshot")
+            _step_axis(ax)
+            ax.set_ylabel("distance (prompt-vector units)")
+        handles = [_style_handle(name, ls, "o") for _, name, ls in series]
+        _fig_legend(fig, (_run_handles(loaded) if multi else []) + handles)
+        name = loaded[0][0] if not multi else f"{len(loaded)} runs"
+        fig.suptitle(f"Structural evolution of the diagrams: {name}")
+        return [_save(fig, out_dir, "evolution.png")]
+
+
 def plot_density(
     run_dirs: RunDirs, out_dir: PathLike, labels: Sequence[str] | None = None
 ) -> list[Path]:
@@ -917,6 +963,7 @@ def plot_run(run_dir: PathLike, out_dir: PathLike | None = None) -> list[Path]:
     paths += plot_topology_curves(run, out)
     paths += plot_entropy(run, out)
     paths += plot_density(run, out)
+    paths += plot_evolution(run, out)
     paths += plot_heatmaps(run, out)
     paths += plot_pca(run, out)
     paths += plot_tsne(run, out)
@@ -935,6 +982,7 @@ def plot_runs(
     paths += plot_topology_curves(runs, out_dir, labels)
     paths += plot_entropy(runs, out_dir, labels)
     paths += plot_density(runs, out_dir, labels)
+    paths += plot_evolution(runs, out_dir, labels)
     paths += plot_loss(runs, out_dir, labels)
     paths += plot_accuracy(runs, out_dir, labels)
     paths += plot_pca(runs, out_dir, labels)

@@ -9,8 +9,10 @@ A record has: ``step`` (optimiser step), ``epoch`` (float or null), ``event`` (`
 ``step``, ``epoch`` or ``train_end``), ``time`` (unix seconds), ``n_points``, ``dim``,
 ``diagrams`` (``{"h0": [[birth, death], ...], "h1": [...]}``, the infinite H0 death as
 ``null``), ``summary`` (:meth:`hf_tsprompt.topology.PersistenceResult.summary`),
-``prompt_file`` (relative to ``topology/``) and, when an evaluation ran, ``accuracy`` and
-``eval`` (``{"correct", "total"}``).
+``prompt_file`` (relative to ``topology/``), when an evaluation ran, ``accuracy`` and
+``eval`` (``{"correct", "total"}``), and from the second snapshot on ``evolution``: the
+distances from the previous snapshot's diagrams (``{"previous_step", "h0_wasserstein",
+"h0_bottleneck", "h1_wasserstein", "h1_bottleneck"}``, :func:`hf_tsprompt.topology.evolution`).
 
 Writes are crash-safe: the prompt file is written atomically before its record, and each
 record is one fsynced line, so a crash leaves at most a torn last line, which readers skip.
@@ -18,6 +20,7 @@ record is one fsynced line, so a crash leaves at most a torn last line, which re
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -28,7 +31,7 @@ import numpy as np
 
 from .errors import MissingFileError
 from .fsutil import append_line, atomic_write_bytes, atomic_write_text
-from .topology import PersistenceResult, diagrams_from_lists
+from .topology import EVOLUTION_KEYS, PersistenceResult, diagrams_from_lists, evolution
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ def make_record(
     time: float,
     accuracy: float | None = None,
     eval_info: dict[str, Any] | None = None,
+    evolution: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build one JSON-ready record from a persistence result."""
     lists = result.diagrams_as_lists()
@@ -79,6 +83,8 @@ def make_record(
         record["accuracy"] = float(accuracy)
     if eval_info:
         record["eval"] = eval_info
+    if evolution:
+        record["evolution"] = evolution
     return record
 
 
@@ -146,6 +152,44 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         dg = rec.get("diagrams", {})
         rec["diagrams_np"] = diagrams_from_lists([dg.get("h0", []), dg.get("h1", [])])
     return out
+
+
+def evolution_series(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The structural evolution of a run: one entry per snapshot after the first.
+
+    Each entry is ``{"step", "previous_step", "h0_wasserstein", "h0_bottleneck",
+    "h1_wasserstein", "h1_bottleneck"}``: the record's stored ``evolution`` where it has one,
+    else (a record written before the callback stored it) computed from its diagrams and those
+    of the record before it. ``records`` as :func:`read_records` returns them (sorted, with
+    ``diagrams_np``).
+    """
+    out: list[dict[str, Any]] = []
+    for prev, rec in itertools.pairwise(records):
+        stored = rec.get("evolution")
+        if isinstance(stored, dict) and all(k in stored for k in EVOLUTION_KEYS):
+            values = {k: float(stored[k]) for k in EVOLUTION_KEYS}
+            previous_step = int(stored.get("previous_step", prev["step"]))
+        else:
+            values = evolution(prev["diagrams_np"], rec["diagrams_np"])
+            previous_step = int(prev["step"])
+        out.append({"step": int(rec["step"]), "previous_step": previous_step, **values})
+    return out
+
+
+def evolution_stats(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and max of each evolution metric over a run's snapshot intervals (``{}`` with
+    fewer than two snapshots): ``{key: {"mean", "max", "intervals"}}``."""
+    series = evolution_series(records)
+    if not series:
+        return {}
+    return {
+        key: {
+            "mean": float(np.mean([e[key] for e in series])),
+            "max": float(np.max([e[key] for e in series])),
+            "intervals": len(series),
+        }
+        for key in EVOLUTION_KEYS
+    }
 
 
 def load_prompt(path: str | os.PathLike, record: dict[str, Any]) -> np.ndarray:

@@ -7,14 +7,18 @@ its H0 and H1 persistence diagrams, and the summaries of Table I:
 - lifespans ``l_i = d_i - b_i``, their mean and maximum (supplement A);
 - persistence entropy ``PE = -sum_i (l_i / L) log(l_i / L)``, ``L = sum_i l_i`` (Eq. 10 / 12,
   natural log), per dimension and over H0 and H1 together;
-- ``h1_density`` and ``point_density`` for Fig. 2a (defined in :meth:`PersistenceResult.summary`).
+- ``h1_density`` and ``point_density`` for Fig. 2a (defined in :meth:`PersistenceResult.summary`);
+- the *evolution* between two snapshots (:func:`diagram_distance`, :func:`evolution`): the
+  Wasserstein and bottleneck distances between their diagrams, per homology dimension (persim),
+  i.e. how far the prompt's topology moved from one snapshot to the next.
 
 **The infinite H0 bar.** One H0 class (the whole cloud once connected) never dies. It is
 counted in ``h0_count`` (so ``h0_count`` is the number of distinct points, the paper's
 ``|H0| >= 1``) and kept in ``diagrams[0]`` with death ``inf``, but it is excluded from every
 lifespan statistic and every entropy: its lifespan is undefined, and capping it at an arbitrary
 scale (the diameter, say) would make the statistics depend on the cap. All lifespan statistics
-are over finite bars only, everywhere in this library.
+are over finite bars only, everywhere in this library. Diagram distances drop it too (see
+:func:`diagram_distance`: for a Rips filtration that is exact, not an approximation).
 
 **Degenerate input.** ripser drops zero-length bars, so duplicate points simply lower
 ``h0_count``; statistics over an empty set of bars are 0.0 (not NaN), and the entropy of a
@@ -185,6 +189,119 @@ def diagrams_from_lists(lists: list[list[list[float | None]]]) -> list[np.ndarra
         )
         out.append(arr)
     return out
+
+
+# -- structural evolution: distances between diagrams -----------------------------------------
+
+#: The diagram distances of :func:`diagram_distance`, in the order they are reported.
+DIAGRAM_METRICS: tuple[str, ...] = ("wasserstein", "bottleneck")
+#: The keys of :func:`evolution` for H0 and H1 (``h{k}_{metric}``).
+EVOLUTION_KEYS: tuple[str, ...] = tuple(f"h{k}_{m}" for k in (0, 1) for m in DIAGRAM_METRICS)
+
+
+def _bars_for_distance(diagram: Any, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the finite bars of positive length, the sorted births of the infinite bars)."""
+    dgm = np.asarray(diagram, dtype=np.float64)
+    if dgm.size == 0:
+        return np.zeros((0, 2)), np.zeros(0)
+    if dgm.ndim != 2 or dgm.shape[1] != 2:
+        raise ValueError(
+            f"diagram {which} must be a (k x 2) array of (birth, death) pairs, got shape "
+            f"{dgm.shape}; pass one homology dimension at a time (e.g. result.diagrams[0])."
+        )
+    if np.isnan(dgm).any() or not np.isfinite(dgm[:, 0]).all():
+        raise ValueError(
+            f"diagram {which} has a NaN or an infinite birth; only deaths may be infinite (read "
+            "JSON diagrams with diagrams_from_lists, which turns null deaths into inf)."
+        )
+    if (dgm[:, 1] < dgm[:, 0]).any():
+        raise ValueError(f"diagram {which} has a bar that dies before it is born (death < birth).")
+    infinite = ~np.isfinite(dgm[:, 1])
+    finite = dgm[~infinite]
+    return finite[finite[:, 1] > finite[:, 0]], np.sort(dgm[infinite, 0])
+
+
+def diagram_distance(a: Any, b: Any, metric: str = "wasserstein") -> float:
+    """The distance between two persistence diagrams of one homology dimension (persim).
+
+    ``metric="wasserstein"`` is ``persim.wasserstein``: the 1-Wasserstein distance, the least
+    total cost of a matching of the bars where a bar may also go to the diagonal, with Euclidean
+    ground cost (``|p - q|_2`` between two bars, ``(death - birth) / sqrt(2)`` to the diagonal).
+    ``metric="bottleneck"`` is ``persim.bottleneck``: the least *largest* cost of such a
+    matching, with the L-infinity ground cost (``(death - birth) / 2`` to the diagonal). Both
+    are symmetric, 0 for equal diagrams, in the units of the filtration (distances between
+    prompt vectors), and stable: the bottleneck distance between the Rips diagrams of two
+    clouds of matched points is at most the largest change of a pairwise distance, so at most
+    twice the largest displacement of a point (filtration value = edge length, as ripser).
+
+    **Infinite bars are dropped.** The usual convention matches infinite bars only to each
+    other, by birth. A Rips filtration has exactly one, the H0 bar ``(0, inf)``, in every
+    diagram, so it is matched to its counterpart at cost 0 and dropping it changes nothing.
+    Diagrams whose infinite bars differ in number or birth have no finite distance under that
+    convention; they are refused rather than given the distance of their finite parts.
+
+    **Degenerate bars.** Zero-length bars lie on the diagonal and cost 0 under any matching, so
+    they are dropped before persim sees them (exact, whatever a persim release does with them);
+    the ~1e-8 bars of duplicate points are kept (they cost ~1e-8). A diagram left with no bars is
+    handled here: the distance is the cost of sending the other diagram's bars to the diagonal
+    (0.0 when both are empty).
+
+    Args:
+        a, b: (k x 2) arrays of (birth, death), deaths possibly ``inf``; an empty diagram may
+            be any empty array.
+        metric: ``"wasserstein"`` or ``"bottleneck"`` (:data:`DIAGRAM_METRICS`).
+
+    Raises:
+        ValueError: an unknown metric, a malformed diagram, or infinite bars that differ.
+    """
+    if metric not in DIAGRAM_METRICS:
+        raise ValueError(f"metric must be one of {DIAGRAM_METRICS}, got {metric!r}.")
+    fa, inf_a = _bars_for_distance(a, "a")
+    fb, inf_b = _bars_for_distance(b, "b")
+    if len(inf_a) != len(inf_b) or not np.array_equal(inf_a, inf_b):
+        raise ValueError(
+            f"the diagrams' infinite bars differ (births {inf_a.tolist()} vs {inf_b.tolist()}): "
+            "their distance is infinite or depends on a convention. Compare diagrams of the same "
+            "filtration type (a Rips H0 diagram always has one infinite bar born at 0), or drop "
+            "the infinite bars yourself to compare the finite parts."
+        )
+    if len(fa) == 0 or len(fb) == 0:
+        life = np.concatenate([fa[:, 1] - fa[:, 0], fb[:, 1] - fb[:, 0]])
+        if life.size == 0:
+            return 0.0
+        if metric == "wasserstein":
+            return float(life.sum() / np.sqrt(2.0))
+        return float(life.max() / 2.0)
+    from persim import bottleneck, wasserstein
+
+    fn = wasserstein if metric == "wasserstein" else bottleneck
+    return float(fn(fa, fb))
+
+
+def evolution(previous: Any, current: Any) -> dict[str, float]:
+    """How far the topology moved between two snapshots: every diagram distance per dimension.
+
+    Args:
+        previous, current: :class:`PersistenceResult` objects or their ``diagrams`` lists
+            (``[H0, H1, ...]``).
+
+    Returns:
+        ``{"h0_wasserstein", "h0_bottleneck", "h1_wasserstein", "h1_bottleneck"}`` (the
+        :data:`EVOLUTION_KEYS`), for each homology dimension both sides have; see
+        :func:`diagram_distance` for the metrics and the treatment of the infinite H0 bar.
+    """
+    prev = getattr(previous, "diagrams", previous)
+    cur = getattr(current, "diagrams", current)
+    if not isinstance(prev, (list, tuple)) or not isinstance(cur, (list, tuple)):
+        raise ValueError(
+            "evolution() takes two PersistenceResult objects or two lists of diagrams "
+            f"[H0, H1, ...], got {type(prev).__name__} and {type(cur).__name__}."
+        )
+    return {
+        f"h{k}_{metric}": diagram_distance(prev[k], cur[k], metric)
+        for k in range(min(len(prev), len(cur)))
+        for metric in DIAGRAM_METRICS
+    }
 
 
 def _sorted_h0(dgm: np.ndarray) -> np.ndarray:

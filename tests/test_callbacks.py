@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -12,8 +13,8 @@ from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 from hf_tsprompt.callbacks import PersistenceCallback
 from hf_tsprompt.errors import ConfigError
 from hf_tsprompt.prompts import get_prompt_model, prompt_matrix
-from hf_tsprompt.records import load_prompt, read_records
-from hf_tsprompt.topology import persistence
+from hf_tsprompt.records import evolution_series, load_prompt, read_records
+from hf_tsprompt.topology import EVOLUTION_KEYS, persistence
 from hf_tsprompt.trainer import TopologicalPromptConfig, TopologicalPromptTrainer
 
 from tiny import tiny_llama, tiny_lm_dataset
@@ -133,6 +134,43 @@ def test_resume_continues_the_record_without_duplicates(tokenizer, tmp_path):
     assert [json.loads(line)["step"] for line in raw] == steps  # no duplicates, torn line gone
     for a, b in zip(records, reference, strict=True):
         assert a["summary"] == pytest.approx(b["summary"], rel=1e-5)
+    # The first snapshot after the resume (step 6) measures its evolution from the last record
+    # kept (step 4), not from the interrupted run's dropped step 6 or 8.
+    assert "evolution" not in records[0]
+    assert [r["evolution"]["previous_step"] for r in records[1:]] == [0, 2, 4, 6]
+    for a, b in zip(records[1:], reference[1:], strict=True):
+        scale = float(np.max(a["diagrams_np"][0][:-1, 1]))
+        for key in EVOLUTION_KEYS:
+            assert a["evolution"][key] == pytest.approx(b["evolution"][key], abs=1e-5 * scale)
+
+
+def _persim(a: np.ndarray, b: np.ndarray, fn) -> float:
+    a, b = a[np.isfinite(a[:, 1])], b[np.isfinite(b[:, 1])]
+    return float(fn(a if len(a) else np.zeros((1, 2)), b if len(b) else np.zeros((1, 2))))
+
+
+def test_evolution_is_recorded_and_logged(tokenizer, tmp_path):
+    from persim import bottleneck, wasserstein
+
+    trainer = _train(tokenizer, _args(tmp_path), PersistenceCallback(every_n_steps=3))
+    records = read_records(tmp_path)
+    assert "evolution" not in records[0]  # nothing before the first snapshot
+    logged = {h["step"]: h for h in trainer.state.log_history if "topo/h0_wasserstein" in h}
+    assert sorted(logged) == [3, 6, 7]
+    for prev, rec in itertools.pairwise(records):
+        evo = rec["evolution"]
+        assert evo["previous_step"] == prev["step"]
+        for k in (0, 1):  # persim itself on the two snapshots' finite bars
+            a, b = prev["diagrams_np"][k], rec["diagrams_np"][k]
+            assert evo[f"h{k}_wasserstein"] == pytest.approx(_persim(a, b, wasserstein), rel=1e-12)
+            assert evo[f"h{k}_bottleneck"] == pytest.approx(_persim(a, b, bottleneck), rel=1e-12)
+        assert evo["h0_wasserstein"] > 0  # lr 5e-2 moves the prompt visibly
+        for key in EVOLUTION_KEYS:
+            assert logged[rec["step"]][f"topo/{key}"] == evo[key]
+    # The readers' series is the stored one.
+    assert [e["h1_bottleneck"] for e in evolution_series(records)] == [
+        r["evolution"]["h1_bottleneck"] for r in records[1:]
+    ]
 
 
 def test_torn_last_line_is_skipped_by_readers(tokenizer, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -40,6 +41,7 @@ MULTI_RUN = {
     "plot_topology_curves": "topology_curves.png",
     "plot_entropy": "entropy.png",
     "plot_density": "density.png",
+    "plot_evolution": "evolution.png",
     "plot_pca": "pca.png",
     "plot_tsne": "tsne.png",
     "plot_loss": "loss.png",
@@ -289,6 +291,39 @@ def test_single_snapshot_run_draws_no_curve(tmp_path, caplog):
     # one point is no curve over training: only the per-snapshot figures are drawn
     assert names == ["barcodes.png", "diagrams.png", "heatmaps.png", "pca.png", "tsne.png"]
     assert "1 snapshot(s), a curve needs 2" in caplog.text
+
+
+def _persim_finite(a: np.ndarray, b: np.ndarray, fn) -> float:
+    """persim on the finite bars, the empty diagram as persim's own [[0, 0]] stand-in."""
+    a, b = a[np.isfinite(a[:, 1])], b[np.isfinite(b[:, 1])]
+    return float(fn(a if len(a) else np.zeros((1, 2)), b if len(b) else np.zeros((1, 2))))
+
+
+def test_evolution_figure_draws_the_distances_between_consecutive_snapshots(tmp_path, drawn):
+    from persim import bottleneck, wasserstein
+
+    # Records without a stored "evolution" (written before it existed): computed from diagrams.
+    run = _tiny_run(tmp_path / "old", n_points=7, n_snapshots=4)
+    assert all("evolution" not in r for r in read_records(run))
+    assert plots.plot_evolution(run, tmp_path / "out") == [tmp_path / "out" / "evolution.png"]
+    records = read_records(run)
+    (w_ax, b_ax) = drawn[0].axes
+    for ax, fn in ((w_ax, wasserstein), (b_ax, bottleneck)):
+        for line, k in zip(ax.get_lines(), (0, 1), strict=True):
+            assert list(line.get_xdata()) == [1, 2, 3]
+            expected = [
+                _persim_finite(p["diagrams_np"][k], r["diagrams_np"][k], fn)
+                for p, r in itertools.pairwise(records)
+            ]
+            assert np.allclose(line.get_ydata(), expected, rtol=1e-12, atol=0)
+            assert max(expected) > 0
+
+
+def test_evolution_needs_three_snapshots(tmp_path, caplog):
+    run = _tiny_run(tmp_path / "two", n_points=6, n_snapshots=2)
+    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.plots"):
+        assert plots.plot_evolution(run, tmp_path) == []
+    assert "a curve needs 3" in caplog.text
 
 
 def test_no_global_matplotlib_state_leaks(runs, tmp_path):
