@@ -7,8 +7,12 @@ interrupted run never leaves a half-written result.
 
 The API, all of it:
 
-- :func:`run_metadata` -> ``{"command", "machine", "versions", "started"}``: what every result
-  records about how and where it was produced (fields documented on each function below).
+- :func:`run_metadata` -> ``{"command", "machine", "versions", "git", "started"}``: what every
+  result records about how and where it was produced (fields documented on each function below).
+- :func:`git_state`: the commit the code ran at and whether the tree was dirty;
+  :func:`provenance` stamps it into a raw run record, :func:`failed_record` records a run that
+  raised; :func:`provenance_summary` / :func:`provenance_markdown` tell a page which runs were
+  recorded at another commit (carried forward) and which failed.
 - :class:`LoadMonitor`: samples the load average and per-CPU busy time while a benchmark runs,
   so a result says how busy the machine was (``with LoadMonitor() as load: ...``,
   then ``load.summary()``).
@@ -125,30 +129,61 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _git_commit() -> str | None:
+#: The paths whose content a benchmark run executes or reads: a difference from the commit
+#: here (a modified, staged, deleted or untracked file) makes the run "dirty".
+CODE_PATHS: tuple[str, ...] = ("hf_tsprompt", "bench", "model_cards", "recipes", "pyproject.toml")
+#: ... except the results, which a running benchmark itself appends to.
+NOT_CODE_PATHS: tuple[str, ...] = ("bench/results",)
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """``{"commit", "dirty", "dirty_paths"}`` of the checkout at ``root``.
+
+    ``commit`` is ``HEAD``'s full hash (None outside a git checkout or without git).
+    ``dirty`` is True when any path under :data:`CODE_PATHS` (library, benchmarks, card
+    template, recipes, packaging) differs from that commit, untracked files included (a new
+    module there can be imported); edits elsewhere (tests, docs) and the result files under
+    ``bench/results/`` (written by the runs themselves) do not count, so a clean run is
+    reproducible from ``commit`` alone. ``dirty_paths``: the first 20 such paths, as
+    ``git status --porcelain`` prints them (None when not dirty or unknown).
+    """
+    spec = [*CODE_PATHS, *(f":(exclude){x}" for x in NOT_CODE_PATHS)]
     try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         )
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=all", "--", *spec],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         )
     except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "dirty_paths": None}
+    paths = [line[3:] for line in status.stdout.splitlines() if line.strip()]
+    return {
+        "commit": head.stdout.strip(),
+        "dirty": bool(paths),
+        "dirty_paths": paths[:20] or None,
+    }
+
+
+def _git_commit() -> str | None:
+    state = git_state()
+    if state["commit"] is None:
         return None
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return state["commit"] + ("+dirty" if state["dirty"] else "")
 
 
 def versions(packages: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     """Installed versions of ``packages`` (None when missing) plus ``git`` (the repository's
-    commit, ``+dirty`` when tracked files differ from it; None outside a git checkout)."""
+    commit, ``+dirty`` when the code differs from it as :func:`git_state` defines it; None
+    outside a git checkout)."""
     out: dict[str, str | None] = {}
     for name in packages:
         try:
@@ -184,13 +219,179 @@ def command_line() -> str:
 
 def run_metadata() -> dict[str, Any]:
     """``{"command": command_line(), "machine": machine_info(), "versions": versions(),
-    "started": <ISO-8601 UTC time>}``."""
+    "git": git_state(), "started": <ISO-8601 UTC time>}``.
+
+    Taken once when a benchmark starts: the code it runs is the code it imported then, so
+    every run record of that process carries this commit (:func:`provenance`), even when the
+    checkout moves on while it runs."""
     return {
         "command": command_line(),
         "machine": machine_info(),
         "versions": versions(),
+        "git": git_state(),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# --------------------------------------------------------------------------- run provenance
+
+#: ``status`` of a raw run record: ``ok`` (finished; records written before statuses were
+#: recorded count as ``ok``), ``diverged`` (the loss became NaN/inf: the run never fits and
+#: counts as censored), ``failed`` (it raised: no result, listed and counted, never dropped).
+RUN_STATUSES: tuple[str, ...] = ("ok", "diverged", "failed")
+
+
+def page_provenance(runs: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """:func:`provenance_summary` of ``runs`` against the commit in ``meta``
+    (:func:`run_metadata` of the process writing the page)."""
+    git = meta.get("git") or {}
+    return provenance_summary(runs, git.get("commit"), git.get("dirty"))
+
+
+def provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of a :func:`run_metadata` dict, for one raw run record."""
+    git = meta.get("git") or {}
+    return {"commit": git.get("commit"), "dirty": git.get("dirty")}
+
+
+def run_status(rec: dict[str, Any]) -> str:
+    """A record's ``status`` (``ok`` for records written before statuses were recorded)."""
+    status = rec.get("status", "ok")
+    if status not in RUN_STATUSES:
+        raise ValueError(f"run {rec.get('key')!r} has unknown status {status!r}")
+    return status
+
+
+def failed_record(
+    key: str, fields: dict[str, Any], err: BaseException, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """The raw record of a run that raised ``err``: ``key``, the identifying ``fields``
+    (task, method, seed, ...), ``status: "failed"``, ``error`` (type and message) and the
+    provenance. A rerun retries it (see :func:`done_keys`); the page counts and lists it."""
+    return {
+        "key": key,
+        **fields,
+        "status": "failed",
+        "error": f"{type(err).__name__}: {err}"[:2000],
+        **provenance(meta),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def done_keys(runs: Iterable[dict[str, Any]]) -> set[str]:
+    """Keys a rerun skips: every run whose latest record did not fail (a failed run is tried
+    again; a diverged one is a result and is not)."""
+    return {r["key"] for r in runs if run_status(r) != "failed"}
+
+
+def provenance_summary(
+    runs: Sequence[dict[str, Any]], head: str | None, head_dirty: bool | None = None
+) -> dict[str, Any]:
+    """Where a page's runs come from, against ``head`` (the commit the page is written at;
+    ``head_dirty``: whether the code differed from it then, :func:`git_state`).
+
+    ``{"head", "head_dirty", "n_runs", "by_commit": [{"commit", "dirty", "n", "groups"}],
+    "carried_forward" (runs recorded at another commit than ``head``, or with none
+    recorded), "unrecorded" (runs without a commit: recorded before provenance was logged),
+    "dirty" (runs from a dirty tree), "failed": [{"key", "commit", "error"}], "n_failed",
+    "n_diverged"}``. ``groups`` are the runs' ``task/setting/method`` (or ``task/method``)
+    names."""
+    by: dict[tuple[str | None, bool | None], dict[str, Any]] = {}
+    for r in runs:
+        entry = by.setdefault(
+            (r.get("commit"), r.get("dirty")),
+            {"commit": r.get("commit"), "dirty": r.get("dirty"), "n": 0, "groups": set()},
+        )
+        entry["n"] += 1
+        parts = [r.get("task"), r.get("setting"), r.get("method")]
+        entry["groups"].add("/".join(str(x) for x in parts if x is not None))
+    by_commit = sorted(by.values(), key=lambda e: (-e["n"], str(e["commit"])))
+    for e in by_commit:
+        e["groups"] = sorted(e["groups"])
+    failed = [r for r in runs if run_status(r) == "failed"]
+    return {
+        "head": head,
+        "head_dirty": head_dirty,
+        "n_runs": len(runs),
+        "by_commit": by_commit,
+        "carried_forward": sum(1 for r in runs if not head or r.get("commit") != head),
+        "unrecorded": sum(1 for r in runs if not r.get("commit")),
+        "dirty": sum(1 for r in runs if r.get("dirty")),
+        "failed": [
+            {"key": r["key"], "commit": r.get("commit"), "error": r.get("error")} for r in failed
+        ],
+        "n_failed": len(failed),
+        "n_diverged": sum(1 for r in runs if run_status(r) == "diverged"),
+    }
+
+
+def _short(commit: str | None) -> str:
+    return commit[:7] if commit else "not recorded"
+
+
+def provenance_banner(summary: dict[str, Any] | None) -> str | None:
+    """One line for the top of a page whose runs were not all recorded at the commit the page
+    was written at (None when they were)."""
+    if not summary or not summary["carried_forward"]:
+        return None
+    return (
+        f"> **Rebuilt from recorded runs:** {summary['carried_forward']} of "
+        f"{summary['n_runs']} runs were recorded at another commit than this page's "
+        f"(`{_short(summary['head'])}`) or before commits were logged; see *Provenance of the "
+        "runs* at the end."
+    )
+
+
+def provenance_markdown(summary: dict[str, Any]) -> str:
+    """A "Provenance of the runs" Markdown section from :func:`provenance_summary`."""
+    head = summary["head"]
+    n, carried = summary["n_runs"], summary["carried_forward"]
+    lines = ["## Provenance of the runs", ""]
+    unrecorded = summary["unrecorded"]
+    text = f"This page was written at commit `{_short(head)}`"
+    text += " (with uncommitted code changes). " if summary.get("head_dirty") else ". "
+    if carried:
+        text += f"**{carried} of {n} runs were carried forward** from an earlier state"
+        if unrecorded:
+            text += (
+                f" ({unrecorded} recorded before runs logged their commit: their code state "
+                "is not known beyond the page's history)"
+            )
+        text += "; "
+    else:
+        text += f"All {n} runs were recorded at this commit; "
+    text += (
+        f"{summary['dirty']} of the {n - unrecorded} runs with a recorded commit ran from a "
+        "tree with uncommitted code changes (`dirty`). "
+        f"Failed runs (an exception): {summary['n_failed']}; diverged runs (loss NaN/inf, "
+        f"counted as not fitted): {summary['n_diverged']}."
+    )
+    lines.append(text)
+    if summary["by_commit"]:
+        rows = []
+        for e in summary["by_commit"]:
+            groups = e["groups"]
+            shown = ", ".join(groups[:6])
+            if len(groups) > 6:
+                shown += f", ... ({len(groups)} groups)"
+            mark = "this page's" if head and e["commit"] == head else "carried forward"
+            dirty = {True: "yes", False: "no", None: "not recorded"}[e["dirty"]]
+            rows.append([f"`{_short(e['commit'])}`", mark, dirty, e["n"], shown])
+        lines += ["", markdown_table(["commit", "", "dirty", "runs", "groups"], rows)]
+    if summary["failed"]:
+        lines += [
+            "",
+            "Failed runs (not in any statistic above; a rerun retries them):",
+            "",
+            markdown_table(
+                ["run", "commit", "error"],
+                [
+                    [f"`{f['key']}`", f"`{_short(f['commit'])}`", (f["error"] or "")[:200]]
+                    for f in summary["failed"]
+                ],
+            ),
+        ]
+    return "\n".join(lines)
 
 
 def single_thread() -> None:

@@ -799,6 +799,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"Criterion: {p['criterion']}.",
         "",
+        *([banner, ""] if (banner := common.provenance_banner(data.get("provenance"))) else []),
         "Steps are median [25th, 75th percentile] over seeds; a run that did not converge "
         "within the budget counts as +infinity (shown as >budget). `vs CE` is "
         "1 - median / median(CE) (the paper's 'improvement'); `paired` is the geometric mean "
@@ -990,7 +991,7 @@ def write_report(out: Path, runs_file: Path, meta: dict[str, Any], extra: dict[s
         "methods": {k: asdict(v) for k, v in METHODS.items()},
         "groups": aggregate(runs),
         "pooled": pooled_paired(runs),
-        "provenance": common.provenance_summary(runs, (meta.get("git") or {}).get("commit")),
+        "provenance": common.page_provenance(runs, meta),
         "scale": scale,
         "trainer_check": trainer_check,
         "runs_file": str(runs_file),
