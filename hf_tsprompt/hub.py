@@ -41,6 +41,7 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "diagrams.png": "Persistence diagrams",
     "topology_curves.png": "H0/H1 counts and mean lifespans during training",
     "entropy.png": "Persistence entropy during training",
+    "evolution.png": "Structural evolution: diagram distance between consecutive snapshots",
     "loss.png": "Training loss: total, cross-entropy and TSLoss",
     "accuracy.png": "Accuracy at the barcode snapshots",
     "heatmaps.png": "Pairwise distances between prompt vectors",
@@ -200,6 +201,24 @@ def _records_steps(run_dir: Path) -> tuple[int | None, int | None]:
     return None, None
 
 
+def _evolution_rows(run_dir: Path) -> tuple[list[tuple[str, str, str]], int]:
+    """(metric, mean, max) of the step-to-step diagram distances, and the interval count."""
+    from .records import evolution_stats, read_records
+
+    stats: dict[str, dict[str, Any]] = {}
+    with contextlib.suppress(Exception):  # no records: the card has no such table
+        stats = evolution_stats(read_records(run_dir))
+    rows = [
+        (
+            f"H{key[1]} {'Wasserstein (W1)' if 'wasserstein' in key else 'bottleneck'}",
+            _fmt(v["mean"]),
+            _fmt(v["max"]),
+        )
+        for key, v in stats.items()
+    ]
+    return rows, next(iter(stats.values()))["intervals"] if stats else 0
+
+
 def build_model_card(run_dir: str | Path, repo_id: str | None = None):
     """The model card of a run folder, as a ``huggingface_hub.ModelCard``.
 
@@ -262,6 +281,7 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
         if (run_dir / "figures" / name).is_file()
     ]
     start_step, end_step = _records_steps(run_dir)
+    evolution_rows, evolution_intervals = _evolution_rows(run_dir)
     base_note = None
     if info.get("model_source") and "smollm2" in str(info.get("model_source")).lower():
         base_note = (
@@ -296,6 +316,8 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
         "accuracy_after": _fmt(info.get("accuracy_after"), pct=True),
         "training_rows": _training_rows(info, recipe),
         "topology_rows": _topology_rows(info),
+        "evolution_rows": evolution_rows,
+        "evolution_intervals": evolution_intervals,
         "start_step": start_step if start_step is not None else "?",
         "end_step": end_step if end_step is not None else "?",
         "figures": figures,

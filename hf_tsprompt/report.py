@@ -50,6 +50,7 @@ FIGURE_SECTIONS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
             ("topology_curves.png", "H0/H1 counts and mean lifespans (Figs. 1a, 1c)"),
             ("entropy.png", "Persistence entropy (Fig. 2b)"),
             ("density.png", "H1 density against point-cloud density (Fig. 2a)"),
+            ("evolution.png", "Structural evolution: diagram distance between snapshots"),
         ),
     ),
     (
@@ -76,6 +77,7 @@ COMPARE_FIGURES: tuple[tuple[str, str], ...] = (
     ("topology_curves.png", "H0/H1 counts and mean lifespans"),
     ("entropy.png", "Persistence entropy"),
     ("density.png", "H1 density against point-cloud density"),
+    ("evolution.png", "Structural evolution: diagram distance between snapshots"),
     ("pca.png", "PCA, one panel per run"),
     ("tsne.png", "t-SNE, one panel per run"),
 )
@@ -91,6 +93,13 @@ SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
     ("max H0 lifespan", "h0_max_lifespan"),
     ("max H1 lifespan", "h1_max_lifespan"),
     ("persistence entropy", "entropy"),
+)
+#: The step-to-step diagram distances (:func:`hf_tsprompt.records.evolution_stats`).
+EVOLUTION_ROWS: tuple[tuple[str, str], ...] = (
+    ("H0 Wasserstein (W1)", "h0_wasserstein"),
+    ("H0 bottleneck", "h0_bottleneck"),
+    ("H1 Wasserstein (W1)", "h1_wasserstein"),
+    ("H1 bottleneck", "h1_bottleneck"),
 )
 
 CSS = """
@@ -173,6 +182,19 @@ class _Run:
         self.notes: list[str] = []
         self.explain: Any = None
         self.explain_error: str | None = None
+        self._evolution: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def evolution(self) -> dict[str, dict[str, Any]]:
+        """Mean / max of each step-to-step diagram distance ({} without two snapshots)."""
+        if self._evolution is None:
+            from .records import evolution_stats, read_records
+
+            try:
+                self._evolution = evolution_stats(read_records(self.path))
+            except MissingFileError:
+                self._evolution = {}
+        return self._evolution
 
 
 def _unique_labels(runs: list[_Run], labels: Sequence[str] | None) -> None:
@@ -392,6 +414,24 @@ def _topology_table(run: _Run) -> str:
     return _table(["metric", "start", "end"], rows, num_cols=2) if rows else ""
 
 
+def _evolution_table(run: _Run) -> str:
+    stats = run.evolution
+    if not stats:
+        return ""
+    intervals = next(iter(stats.values()))["intervals"]
+    rows = [
+        (label, _fmt(stats[key]["mean"]), _fmt(stats[key]["max"]))
+        for label, key in EVOLUTION_ROWS
+        if key in stats
+    ]
+    note = (
+        f'<p class="muted">Structural evolution: the distance between the persistence diagrams '
+        f"of consecutive snapshots, over {intervals} snapshot interval(s) (persim; the infinite "
+        "H0 bar left out).</p>"
+    )
+    return note + _table(["distance to the previous snapshot", "mean", "max"], rows, num_cols=2)
+
+
 def _run_html(run: _Run) -> str:
     a = run.anchor
     parts = [
@@ -405,7 +445,7 @@ def _run_html(run: _Run) -> str:
             for name, caption in figures
         )
         if key == "topology":
-            body = _topology_table(run) + body
+            body = _topology_table(run) + _evolution_table(run) + body
         parts.append(f'<h3 id="{a}-{key}">{_e(heading)}</h3>{body}')
     parts.append(
         f'<h3 id="{a}-explain">What the prompt reads like (explain)</h3>{_explain_html(run)}'
@@ -440,6 +480,17 @@ def _compare_html(runs: list[_Run], figures: dict[str, Path], notes: list[str]) 
                 lambda r, k=key: (
                     f"{_fmt((r.info.get('topology_start') or {}).get(k))} → "
                     f"{_fmt((r.info.get('topology_end') or {}).get(k))}"
+                ),
+            )
+        )
+    for label, key in EVOLUTION_ROWS:
+        rows.append(
+            row(
+                f"{label} to the previous snapshot (mean / max)",
+                lambda r, k=key: (
+                    f"{_fmt(r.evolution[k]['mean'])} / {_fmt(r.evolution[k]['max'])}"
+                    if k in r.evolution
+                    else "n/a"
                 ),
             )
         )

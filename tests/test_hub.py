@@ -4,6 +4,7 @@ real, unmodified huggingface_hub client."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +108,29 @@ def test_card_body_has_setup_topology_figures_and_citation(run):
     assert "Optimizing Soft Prompt Tuning via Structural Evolution" in text
     assert "transformers" in text and "peft" in text
     assert f"{100 * info['accuracy_after']:.1f}%" in text
+
+
+def test_card_shows_the_structural_evolution(run):
+    from persim import bottleneck, wasserstein
+
+    from hf_tsprompt.records import read_records
+
+    run_dir, _ = run
+    text = str(build_model_card(run_dir, repo_id=REPO))
+    records = read_records(run_dir)
+    assert [r["step"] for r in records] == [0, 2, 4]
+    assert "over 2 snapshot intervals" in text
+    for k in (0, 1):
+        for name, fn in (("Wasserstein (W1)", wasserstein), ("bottleneck", bottleneck)):
+            values = []
+            for prev, rec in itertools.pairwise(records):
+                a, b = (r["diagrams_np"][k] for r in (prev, rec))
+                a, b = a[np.isfinite(a[:, 1])], b[np.isfinite(b[:, 1])]
+                values.append(fn(a if len(a) else [[0, 0]], b if len(b) else [[0, 0]]))
+            row = f"| H{k} {name} | {np.mean(values):.4g} | {np.max(values):.4g} |"
+            assert row in text
+    assert (run_dir / "figures" / "evolution.png").is_file()
+    assert "](figures/evolution.png)" in text
 
 
 def test_hostile_strings_cannot_break_the_front_matter(run):

@@ -121,6 +121,29 @@ def test_report_has_every_section_for_every_run(report, runs):
     assert sum(a.startswith("barcodes.png of ") for a in alts) == 2
 
 
+def test_report_shows_the_structural_evolution(report, runs):
+    from hf_tsprompt.records import evolution_stats, read_records
+
+    page = _parse(report)
+    text = " ".join(page.text)
+    alts = [a.get("alt", "") for t, a in page.tags if t == "img"]
+    assert sum(a.startswith("evolution.png of ") for a in alts) == 2
+    stats = evolution_stats(read_records(runs[0]))
+    assert stats["h0_wasserstein"]["intervals"] == 2 and stats["h0_wasserstein"]["max"] > 0
+    # the per-run table (mean, max) and the comparison row (mean / max) carry the numbers
+    cells = page.text
+    for label, key in (
+        ("H0 Wasserstein (W1)", "h0_wasserstein"),
+        ("H1 bottleneck", "h1_bottleneck"),
+    ):
+        mean, top = f"{stats[key]['mean']:.4g}", f"{stats[key]['max']:.4g}"
+        i = cells.index(label)
+        assert cells[i + 1 : i + 3] == [mean, top]
+        assert f"{label} to the previous snapshot (mean / max)" in text
+        assert f"{mean} / {top}" in text
+    assert "over 2 snapshot interval(s)" in text
+
+
 def test_hostile_strings_are_escaped(report):
     raw = report.read_text(encoding="utf-8")
     page = _parse(report)
