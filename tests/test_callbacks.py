@@ -111,6 +111,8 @@ def test_plain_trainer_sends_topology_to_tensorboard(tokenizer, tmp_path):
     tags = acc.Tags()["scalars"]
     assert "train/topo/h1_count" in tags and "train/topo/entropy" in tags
     assert [e.step for e in acc.Scalars("train/topo/h0_count")] == [3, 6, 7]
+    # the evolution metrics too, from the second snapshot (step 3) on
+    assert [e.step for e in acc.Scalars("train/topo/h1_bottleneck")] == [3, 6, 7]
 
 
 def test_resume_continues_the_record_without_duplicates(tokenizer, tmp_path):
