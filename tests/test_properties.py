@@ -22,6 +22,10 @@ float32 or bfloat16 storage:
   and move by at most the distance perturbation under translation and rotation (the
   stability theorem, checked with the bottleneck distance); torch bf16 input equals its
   float32 values.
+* ``evolution`` (the diagram distances between two snapshots): finite and non-negative for any
+  such pair of clouds (empty H1, a lone infinite H0 bar, ~1e-8 bars of near-duplicates
+  included), 0 between a cloud and itself, symmetric, at least the bottleneck for W1, and the
+  bottleneck is at most the largest change of a pairwise distance (stability).
 
 Runs are deterministic (``derandomize=True``, no example database) so CI sees the same
 examples every time.
@@ -41,7 +45,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from hf_tsprompt.losses import ts_loss
-from hf_tsprompt.topology import persistence
+from hf_tsprompt.topology import EVOLUTION_KEYS, evolution, persistence
 
 FIELDS = ("total", "h0", "h1", "delta", "zeta")
 DTYPES = (torch.float64, torch.float32, torch.bfloat16)
@@ -337,3 +341,35 @@ def test_persistence_is_invariant_and_stable(P: np.ndarray, move: str, data: Any
     err = 64 * EPS[torch.float64] * radius + 2 * EPS[torch.float32] * radius
     for k in (0, 1):
         assert _bottleneck(a.diagrams[k], b.diagrams[k]) <= err
+
+
+@PROPERTY
+@given(P=clouds(), data=st.data())
+def test_evolution_is_finite_symmetric_and_stable(P: np.ndarray, data: Any) -> None:
+    n, d = P.shape
+    kind = data.draw(st.sampled_from(["nudge", "other", "collapse"]))
+    noise = data.draw(arrays(np.float64, (n, d), elements=_unit))
+    if kind == "nudge":  # a training step: every point moves a little (duplicates split)
+        size = 10.0 ** data.draw(st.integers(-10, 0)) * max(float(np.abs(P).max()), 1e-300)
+        Q = P + noise * size
+    elif kind == "other":  # an unrelated cloud, at another scale
+        Q = noise * 10.0 ** data.draw(st.integers(-8, 8))
+    else:  # every point onto one: no finite bar left on that side
+        Q = np.repeat(noise[:1], n, axis=0)
+    a, b = persistence(P), persistence(Q)
+    ab, ba = evolution(a, b), evolution(b, a)
+    assert tuple(ab) == EVOLUTION_KEYS
+    assert all(math.isfinite(v) and v >= 0 for v in ab.values()), ab
+    assert all(v == 0.0 for v in evolution(a, a).values())
+    assert ab == pytest.approx(ba, rel=1e-9, abs=0)
+    change = float(np.abs(_pdist(P) - _pdist(Q)).max()) if n > 1 else 0.0
+    err = 2 * EPS[torch.float32] * _radius(P, Q)  # ripser's float32 diagram values
+    for k in (0, 1):
+        assert ab[f"h{k}_wasserstein"] >= ab[f"h{k}_bottleneck"] * (1 - 1e-12)
+        assert ab[f"h{k}_bottleneck"] <= change + err
+
+
+def _pdist(X: np.ndarray) -> np.ndarray:
+    from scipy.spatial.distance import pdist
+
+    return pdist(X)
