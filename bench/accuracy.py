@@ -43,18 +43,25 @@ Run::
 
 Output: ``<out>/accuracy.json`` and ``accuracy.md``. JSON fields:
 
-- ``meta``: ``command``, ``machine``, ``versions``, ``started`` (``common.run_metadata``);
+- ``meta``: ``command``, ``machine``, ``versions``, ``git`` (commit, dirty), ``started``
+  (``common.run_metadata``);
 - ``protocol``: k, steps, lr, optimiser, tokens, init, weights, test sizes, snapshot schedule,
   data restrictions;
 - ``methods``: ``{name: {kind, table_label, overrides | base, description}}``;
 - ``results``: one entry per (task, method): ``accuracies`` (per seed, in ``seeds`` order),
-  ``mean``, ``sd`` (sample standard deviation; null for one seed), ``n_seeds``,
-  ``n_test``, ``delta_vs_soft_prompt`` (mean difference of paired seeds, null if none),
+  ``mean``, ``sd`` (sample standard deviation; null for one seed), ``n_seeds``, ``n_failed``
+  (runs that raised: in no statistic, listed under ``provenance``), ``n_test``,
+  ``delta_vs_soft_prompt`` (mean over seeds of accuracy minus the soft prompt's accuracy on
+  the same seed; null if none),
   ``seconds`` (median wall time of a run), ``info`` (inference methods: per seed,
   ``act_heads`` = ACT heads selected, ``dpc_triggered`` = test rows on which DPC fired);
 - ``paper``: the paper's Table III rows of its smallest model (Gemma-2B-IT) for reference;
+- ``provenance``: ``common.provenance_summary`` of the runs against the commit the page was
+  written at (runs carried forward from other commits, dirty trees, failed runs);
 - ``runs_file``: the JSONL with every run (``key``, ``task``, ``method``, ``seed``,
-  ``run_dir``, ``accuracy``, ``correct``, ``total``, ``snapshots``, ``seconds``).
+  ``run_dir``, ``accuracy``, ``correct``, ``total``, ``snapshots``, ``seconds``, ``commit``,
+  ``dirty``; a run that raised: ``status: "failed"`` and ``error`` instead of the results, see
+  ``common.failed_record``; a rerun retries it).
 """
 
 from __future__ import annotations
@@ -467,9 +474,13 @@ INFO_KEYS = {
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (task, method); see the module docstring."""
+    """One entry per (task, method) with a finished run; see the module docstring."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    failed: dict[tuple[str, str], int] = {}
     for r in runs:
+        if common.run_status(r) == "failed":
+            failed[(r["task"], r["method"])] = failed.get((r["task"], r["method"]), 0) + 1
+            continue
         groups.setdefault((r["task"], r["method"]), []).append(r)
     order = {m: i for i, m in enumerate(METHODS)}
     out = []
@@ -487,6 +498,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "mean": statistics.fmean(accs),
                 "sd": statistics.stdev(accs) if len(accs) > 1 else None,
                 "n_seeds": len(accs),
+                "n_failed": failed.get((task, method), 0),
                 "n_test": rs[0]["total"],
                 "delta_vs_soft_prompt": statistics.fmean(deltas) if deltas else None,
                 "seconds": statistics.median(r["seconds"] for r in rs),
@@ -509,8 +521,11 @@ def markdown(data: dict[str, Any]) -> str:
         f"{p['weight_decay']}), {p['num_virtual_tokens']} virtual tokens, init N(0, "
         f"{p['init_std']}^2), regulariser weight {p['weight']}. Test: {p['n_test']} held-out "
         "rows per task, greedy decoding. Accuracy in %, mean ± sample sd over seeds "
-        "(individual seeds in brackets); Δ = mean paired difference to Soft Prompt.",
+        "(individual seeds in brackets); Δ = mean over seeds of the difference to Soft "
+        "Prompt's accuracy on the same seed; failed: runs that raised (in no statistic, "
+        "listed at the end).",
         "",
+        *([banner, ""] if (banner := common.provenance_banner(data.get("provenance"))) else []),
         f"Data: {p['data']}",
         "",
     ]
@@ -527,6 +542,7 @@ def markdown(data: dict[str, Any]) -> str:
                     f"{100 * r['mean']:.1f}{sd}",
                     "[" + ", ".join(f"{100 * a:.0f}" for a in r["accuracies"]) + "]",
                     "" if delta is None or r["method"] == "soft-prompt" else f"{100 * delta:+.1f}",
+                    str(r.get("n_failed", 0)),
                     "n/a" if paper is None else f"{paper:.1f}",
                     f"{r['seconds']:.0f}",
                 ]
@@ -541,6 +557,7 @@ def markdown(data: dict[str, Any]) -> str:
                     "accuracy % (mean ± sd)",
                     "seeds",
                     "Δ vs soft prompt",
+                    "failed",
                     "paper, Gemma-2B-IT",
                     "s/run",
                 ],
@@ -555,6 +572,8 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["## Methods", ""]
     for name, m in data["methods"].items():
         lines.append(f"- `{name}` ({m['table_label']}, {m['kind']}): {m['description']}")
+    if data.get("provenance"):
+        lines += ["", common.provenance_markdown(data["provenance"])]
     lines += ["", common.environment_markdown(data["meta"], data.get("load"))]
     return "\n".join(lines)
 
@@ -562,6 +581,7 @@ def markdown(data: dict[str, Any]) -> str:
 def write_report(
     out: Path, runs_file: Path, meta: dict[str, Any], protocol: dict, load: Any
 ) -> None:
+    runs = read_runs(runs_file)
     data = {
         "meta": meta,
         "load": load,
@@ -576,8 +596,9 @@ def write_report(
             }
             for k, v in METHODS.items()
         },
-        "results": aggregate(read_runs(runs_file)),
+        "results": aggregate(runs),
         "paper": PAPER_GEMMA_2B,
+        "provenance": common.page_provenance(runs, meta),
         "runs_file": str(runs_file),
     }
     common.write_result(out, "accuracy", data, markdown(data))
@@ -663,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = load_base_model(model_name).tokenizer
     sources = prepare_sources(args.work, tokenizer, quick_sources, list(args.tasks))
-    done = {r["key"] for r in read_runs(runs_file)}
+    done = common.done_keys(read_runs(runs_file))  # failed runs are retried
     todo = [
         (t, m, s)
         for t in args.tasks
@@ -678,7 +699,11 @@ def main(argv: list[str] | None = None) -> int:
                 rec = run_one(task, method, seed, sources=sources, model_name=model_name, args=args)
             except (ValueError, RuntimeError) as err:  # one bad run must not stop the grid
                 print(f"[{i + 1}/{len(todo)}] {task}|{method}|{seed} failed: {err}", flush=True)
+                fields = {"task": task, "method": method, "seed": seed}
+                rec = common.failed_record(f"{task}|{method}|{seed}", fields, err, meta)
+                append_line(runs_file, json.dumps(rec))
                 continue
+            rec.update(common.provenance(meta))
             append_line(runs_file, json.dumps(rec))
             print(
                 f"[{i + 1}/{len(todo)}] {rec['key']}: accuracy {rec['accuracy']:.3f} "

@@ -305,7 +305,7 @@ def provenance_summary(
         entry["n"] += 1
         parts = [r.get("task"), r.get("setting"), r.get("method")]
         entry["groups"].add("/".join(str(x) for x in parts if x is not None))
-    by_commit = sorted(by.values(), key=lambda e: (-e["n"], str(e["commit"])))
+    by_commit = sorted(by.values(), key=lambda e: (-e["n"], e["commit"] is None, str(e["commit"])))
     for e in by_commit:
         e["groups"] = sorted(e["groups"])
     failed = [r for r in runs if run_status(r) == "failed"]

@@ -28,7 +28,8 @@ Run::
 
 Output: ``<out>/correlation.json`` and ``correlation.md``. JSON fields:
 
-- ``meta``: ``command``, ``machine``, ``versions``, ``started`` (``common.run_metadata``);
+- ``meta``: ``command``, ``machine``, ``versions``, ``git`` (commit, dirty), ``started``
+  (``common.run_metadata``);
 - ``source``: the accuracy runs file read;
 - ``tables``: ``{name: correlation_table(...)}`` with ``name`` one of ``<task>``,
   ``<task> (step > 0)``, ``pooled``, ``pooled (step > 0)``; each table has ``n_pairs``,
@@ -71,6 +72,8 @@ def _runs_by_task(runs_file: Path) -> dict[str, dict[str, dict[int, Path]]]:
     """``{task: {method: {seed: run_dir}}}`` of training runs with a topology record."""
     out: dict[str, dict[str, dict[int, Path]]] = {}
     for rec in read_runs(runs_file):
+        if common.run_status(rec) == "failed":  # no run folder: counted on the accuracy page
+            continue
         run = Path(rec["run_dir"])
         if rec.get("snapshots") and (run / "topology" / "records.jsonl").is_file():
             out.setdefault(rec["task"], {}).setdefault(rec["method"], {})[rec["seed"]] = run
@@ -131,7 +134,7 @@ def export_convergence_runs(conv_runs: Path, keys: list[str], dest: Path) -> dic
     out = {}
     for key in keys:
         rec = records.get(key)
-        if rec is None:
+        if rec is None or common.run_status(rec) != "ok":  # failed / diverged: no loss curve
             continue
         weight = CONV_METHODS[rec["method"]].weight
         history = []

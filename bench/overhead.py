@@ -60,15 +60,18 @@ How to run
 JSON fields (``overhead.json``)
 -------------------------------
 - ``benchmark``: ``"overhead"``; ``quick``: whether ``--quick`` was given.
-- ``command``, ``machine``, ``versions``, ``started``: see ``bench/common.py``
+- ``command``, ``machine``, ``versions``, ``git`` (commit, dirty), ``started``: see
+  ``bench/common.py``
   (:func:`run_metadata`); ``load``: :meth:`LoadMonitor.summary` over the whole run.
 - ``settings``: ``model``, ``data``, ``seq_len``, ``batch_size``, ``num_virtual_tokens``,
   ``steps`` (timed steps per trial), ``warmup_steps``, ``repeats``, ``every`` (snapshot
   interval), ``logging_steps``, ``learning_rate``, ``seed``, ``ts`` (the ``ts_*`` values used).
 - ``ratio``: median steps/s of ``topo_callback`` / median steps/s of ``plain`` (the headline);
-  ``ratio_topo``: the same for ``topo``; ``paired_ratio`` / ``paired_ratio_topo``: median over
-  repeats of the per-repeat ratio (the two trials of one repeat ran minutes apart, so slow
-  drifts of the machine's load cancel); ``cpu_ratio`` / ``cpu_ratio_topo``: the ratio of
+  ``ratio_topo``: the same for ``topo``; ``paired_ratio`` / ``paired_ratio_topo``: the
+  geometric mean over repeats of the per-repeat ratio of steps/s (the trials of one repeat
+  ran minutes apart, so slow drifts of the machine's load cancel; "paired" as everywhere in
+  ``bench/``, :mod:`stats`), with ``paired_ci`` / ``paired_ci_topo`` its bootstrap 95%
+  interval over repeats; ``cpu_ratio`` / ``cpu_ratio_topo``: the ratio of
   median steps per CPU-second; ``fastest_step_ratio`` / ``fastest_step_ratio_topo``: plain's
   fastest step / the configuration's fastest step (each the median over trials of the trial's
   fastest step: the least disturbed measure on a shared machine); ``target_ratio`` (0.98) and
@@ -119,6 +122,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers' pool + f
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import stats as paired_stats  # bench/stats.py: the one definition of "paired"
 from common import (
     REPO_ROOT,
     LoadMonitor,
@@ -473,14 +477,20 @@ def analyse(trials: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str,
     def med(c: str, key: str) -> float:
         return float(configs[c][key]["median"])
 
-    def paired(c: str) -> float:
+    def per_repeat(c: str) -> list[float]:
         ratios = []
         for r in range(settings["repeats"]):
             a = [t for t in by[c] if t["repeat"] == r]
             p = [t for t in by["plain"] if t["repeat"] == r]
             if a and p:
                 ratios.append(a[0]["steps_per_s"] / p[0]["steps_per_s"])
-        return _median(ratios)
+        return ratios
+
+    def paired(c: str) -> float:
+        return paired_stats.geo_mean(per_repeat(c))
+
+    def paired_ci(c: str) -> list[float]:
+        return list(paired_stats.bootstrap_ci(per_repeat(c)))
 
     steps = settings["steps"]
     reg_per_step = _median(
@@ -507,7 +517,9 @@ def analyse(trials: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str,
         "ratio": ratio,
         "ratio_topo": med("topo", "steps_per_s") / med("plain", "steps_per_s"),
         "paired_ratio": paired_full,
+        "paired_ci": paired_ci("topo_callback"),
         "paired_ratio_topo": paired("topo"),
+        "paired_ci_topo": paired_ci("topo"),
         "cpu_ratio": cpu_ratio,
         "cpu_ratio_topo": med("topo", "steps_per_cpu_s") / med("plain", "steps_per_cpu_s"),
         "fastest_step_ratio": fastest_ratio,
@@ -545,6 +557,12 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _fmt_ci(data: dict[str, Any], key: str, ci_key: str) -> str:
+    ci = data.get(ci_key)
+    text = f"{data[key]:.3f}"
+    return text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     """The results page."""
     s = data["settings"]
@@ -571,18 +589,32 @@ def render_markdown(data: dict[str, Any]) -> str:
         if snap_per_step is None
         else f"{100 * snap_per_step / acc['plain_step_seconds']:.4f}%"
     )
+    reg = acc["regularizer_seconds_per_step"]
+    spread = max(cfg[c]["steps_per_s"]["spread_pct"] for c in CONFIGS)
+    ci = data.get("paired_ci") or [None, None]
     lines = [
         "# Overhead of TSLoss and PersistenceCallback"
         + (" (quick smoke run)" if data["quick"] else ""),
         "",
         f"Full configuration (`TopologicalPromptTrainer` + `PersistenceCallback` every "
-        f"{s['every']} steps) against plain peft + `transformers.Trainer`: "
-        f"**ratio {data['ratio']:.4f}** of median steps/s (target >= {TARGET_RATIO}: {verdict}); "
-        f"paired per-repeat ratio {data['paired_ratio']:.4f}; CPU-time ratio "
-        f"{data['cpu_ratio']:.4f}. Snapshot share of training time: "
-        f"**{100 * (acc['snapshot_share_wall'] or 0):.3f}%** (wall time of the callback's "
-        f"snapshots, file writes included; {share_compute:.3f}% by the records' "
-        "`compute_seconds`).",
+        f"{s['every']} steps) against plain peft + `transformers.Trainer`.",
+        "",
+        f"**Cost, accounted directly** (time measured inside the regulariser and the "
+        f"callback's snapshots in every trial): the regulariser takes {1e3 * reg:.2f} ms per "
+        f"step, **{100 * reg / acc['plain_step_seconds']:.3f}%** of a "
+        f"{acc['plain_step_seconds']:.2f} s plain step; snapshots take "
+        f"**{100 * (acc['snapshot_share_wall'] or 0):.3f}%** of training time (wall time, file "
+        f"writes included; {share_compute:.3f}% by the records' `compute_seconds`). Together "
+        f"they predict a ratio of {acc['predicted_ratio']:.4f} to plain "
+        f"(target >= {TARGET_RATIO}).",
+        "",
+        f"**Measured end to end** (noisier: steps/s of one configuration's trials differ by "
+        f"up to {spread:.0f}%): ratio of median steps/s {data['ratio']:.3f} (target "
+        f"{verdict}); paired ratio {data['paired_ratio']:.3f} [95% CI {_fmt(ci[0], '.3f')}, "
+        f"{_fmt(ci[1], '.3f')}] (geometric mean over the {s['repeats']} repeats of the "
+        f"per-repeat ratio, as `bench/stats.py` defines it); CPU-time ratio "
+        f"{data['cpu_ratio']:.3f}. Differences between configurations smaller than that "
+        "spread are the machine's noise, not the library's cost.",
         "",
         "## Setup",
         "",
@@ -629,18 +661,19 @@ def render_markdown(data: dict[str, Any]) -> str:
                     f"{cfg[c]['steps_per_s']['min']:.4f}",
                     f"{cfg[c]['steps_per_s']['max']:.4f}",
                     f"{cfg[c]['steps_per_s']['spread_pct']:.1f}%",
-                    f"{cfg[c]['steps_per_s']['median'] / plain_sps:.4f}",
+                    f"{cfg[c]['steps_per_s']['median'] / plain_sps:.3f}",
                     f"{cfg[c]['steps_per_cpu_s']['median']:.4f}",
-                    f"{cfg[c]['steps_per_cpu_s']['median'] / plain_cpu:.4f}",
+                    f"{cfg[c]['steps_per_cpu_s']['median'] / plain_cpu:.3f}",
                     f"{cfg[c]['fastest_step_seconds']['median']:.3f}",
-                    f"{plain_fast / cfg[c]['fastest_step_seconds']['median']:.4f}",
+                    f"{plain_fast / cfg[c]['fastest_step_seconds']['median']:.3f}",
                 ]
                 for c in CONFIGS
             ],
         ),
         "",
-        f"Paired ratios (median over repeats of config / plain in the same repeat): "
-        f"`topo` {data['paired_ratio_topo']:.4f}, `topo_callback` {data['paired_ratio']:.4f}. "
+        f"Paired ratios (geometric mean over repeats of config / plain in the same repeat, "
+        f"bootstrap 95% CI): `topo` {_fmt_ci(data, 'paired_ratio_topo', 'paired_ci_topo')}, "
+        f"`topo_callback` {_fmt_ci(data, 'paired_ratio', 'paired_ci')}. "
         "CPU ratio: the same ratio of medians with this process's CPU time in place of wall "
         "time. Fastest step: the median over trials of each trial's fastest step; its ratio is "
         "plain's fastest step / the configuration's.",
@@ -783,11 +816,12 @@ def default_reading(data: dict[str, Any]) -> str:
         "(`compute_seconds`) and the rest the summary, the record and two fsynced file writes; "
         f"every {every} steps that is {share:.3f}% of training time (well under 1%). Together "
         f"they predict a ratio of {acc['predicted_ratio']:.4f} to plain.",
-        f"**Measured.** Median steps/s ratio {data['ratio']:.4f}, paired per-repeat ratio "
-        f"{data['paired_ratio']:.4f}, CPU-time ratio {data['cpu_ratio']:.4f}, fastest-step "
-        f"ratio {data['fastest_step_ratio']:.4f} (`topo` alone: {data['ratio_topo']:.4f}, "
-        f"{data['paired_ratio_topo']:.4f}, {data['cpu_ratio_topo']:.4f}, "
-        f"{data['fastest_step_ratio_topo']:.4f}). Trials of one configuration differ by up to "
+        f"**Measured.** Median steps/s ratio {data['ratio']:.3f}, paired ratio "
+        f"{_fmt_ci(data, 'paired_ratio', 'paired_ci')}, CPU-time ratio "
+        f"{data['cpu_ratio']:.3f}, fastest-step ratio {data['fastest_step_ratio']:.3f} (`topo` "
+        f"alone: {data['ratio_topo']:.3f}, {_fmt_ci(data, 'paired_ratio_topo', 'paired_ci_topo')}"
+        f", {data['cpu_ratio_topo']:.3f}, {data['fastest_step_ratio_topo']:.3f}). Trials of one "
+        "configuration differ by up to "
         f"{spread:.0f}% in steps/s",
     ]
     if len(reps) >= 2:
@@ -942,8 +976,8 @@ def main(argv: list[str] | None = None) -> int:
     data["reading"] = default_reading(data)
     json_path, md_path = write_result(args.out, "overhead", data, render_markdown(data))
     log(
-        f"[overhead] ratio {data['ratio']:.4f} (paired {data['paired_ratio']:.4f}, cpu "
-        f"{data['cpu_ratio']:.4f}); snapshot share "
+        f"[overhead] ratio {data['ratio']:.3f} (paired {data['paired_ratio']:.3f}, cpu "
+        f"{data['cpu_ratio']:.3f}); snapshot share "
         f"{100 * (data['accounting']['snapshot_share_wall'] or 0):.3f}%"
     )
     log(f"[overhead] wrote {json_path} and {md_path}")

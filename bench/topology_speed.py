@@ -44,7 +44,8 @@ TSLoss at d in 576 4096, 5 repeats. ``--quick``: n in 10 50, d 576, 2 repeats. R
 JSON fields (``topology_speed.json``)
 -------------------------------------
 - ``benchmark``: ``"topology_speed"``; ``quick``; ``command``, ``machine``, ``versions``,
-  ``started`` (see ``bench/common.py``); ``load`` (:meth:`LoadMonitor.summary`).
+  ``git`` (commit, dirty), ``started`` (see ``bench/common.py``); ``load``
+  (:meth:`LoadMonitor.summary`).
 - ``settings``: ``ns``, ``ds``, ``tsloss_ds``, ``repeats``, ``min_batch_s``, ``seed``,
   ``cloud`` (how the points are drawn), ``tau``, ``alpha``, ``write_dir_fs`` (filesystem of the
   folder the snapshot writes went to).

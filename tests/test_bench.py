@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tiny import run_bench, write_tiny_gsm8k
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import common  # bench/common.py
 
 
 def _load(out: Path, name: str) -> dict[str, Any]:
@@ -23,6 +32,9 @@ def _positive(x: Any) -> bool:
 def _check_meta(data: dict[str, Any], script: str) -> None:
     assert data["quick"] is True
     assert script in data["command"] and "--quick" in data["command"]
+    assert re.fullmatch(r"[0-9a-f]{40}", data["git"]["commit"])
+    assert isinstance(data["git"]["dirty"], bool)
+    assert data["versions"]["git"].startswith(data["git"]["commit"])
     assert data["machine"]["nproc"] >= 1 and data["machine"]["cpu_model"]
     assert data["versions"]["torch"] and data["versions"]["hf-tsprompt"]
     assert data["load"]["wall_seconds"] > 0
@@ -42,6 +54,13 @@ def test_overhead_quick(tmp_path, tiny_model_dir):
     s = data["settings"]
     for key in ("ratio", "ratio_topo", "paired_ratio", "paired_ratio_topo", "cpu_ratio"):
         assert _positive(data[key]), key
+    # "Paired" = the geometric mean over repeats of config / plain in the same repeat.
+    for config, key in (("topo_callback", "paired_ratio"), ("topo", "paired_ratio_topo")):
+        sps = {(t["config"], t["repeat"]): t["steps_per_s"] for t in data["trials"]}
+        logs = [math.log(sps[(config, r)] / sps[("plain", r)]) for r in range(s["repeats"])]
+        assert math.isclose(data[key], math.exp(sum(logs) / len(logs)), rel_tol=1e-12)
+    lo, hi = data["paired_ci"]
+    assert lo <= data["paired_ratio"] <= hi
     assert data["target_ratio"] == 0.98
     assert data["target_met"] is (data["ratio"] >= 0.98)
     for config in ("plain", "topo", "topo_callback"):
@@ -99,3 +118,67 @@ def test_topology_speed_quick(tmp_path):
     for r in data["tsloss"]:
         assert _positive(r["forward_s"]) and _positive(r["total_s"]) and r["backward_s"] >= 0
     assert data["reading"]
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+
+
+def test_git_state_dirty_means_code_differs(tmp_path):
+    """Dirty = the code a run executes or reads differs from the commit (untracked modules
+    included); results the runs write and files outside the code (tests) do not count."""
+    root = tmp_path / "repo"
+    for rel in ("hf_tsprompt/a.py", "bench/b.py", "bench/results/r.json", "tests/t.py"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x = 1\n")
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert common.git_state(root) == {"commit": head, "dirty": False, "dirty_paths": None}
+    (root / "bench/results/r.json").write_text("{}\n")  # a running benchmark appends results
+    (root / "bench/results/new.jsonl").write_text("{}\n")
+    (root / "tests/t.py").write_text("x = 2\n")
+    assert common.git_state(root)["dirty"] is False
+    (root / "hf_tsprompt/new.py").write_text("y = 1\n")  # importable: it changes the code
+    assert common.git_state(root) == {
+        "commit": head,
+        "dirty": True,
+        "dirty_paths": ["hf_tsprompt/new.py"],
+    }
+    (root / "hf_tsprompt/new.py").unlink()
+    (root / "bench/b.py").write_text("x = 3\n")
+    assert common.git_state(root)["dirty_paths"] == ["bench/b.py"]
+    not_git = tmp_path / "plain"
+    not_git.mkdir()
+    assert common.git_state(not_git) == {"commit": None, "dirty": None, "dirty_paths": None}
+
+
+def test_provenance_summary_counts_carried_forward_and_failed():
+    head, old = "a" * 40, "b" * 40
+    runs = [
+        {"key": "t|m|0", "task": "t", "method": "m", "seed": 0, "commit": head, "dirty": False},
+        {"key": "t|m|1", "task": "t", "method": "m", "seed": 1, "commit": old, "dirty": True},
+        {"key": "t|m|2", "task": "t", "method": "m", "seed": 2},  # before commits were logged
+        {"key": "t|m|3", "task": "t", "method": "m", "seed": 3, "commit": head, "dirty": False}
+        | {"status": "failed", "error": "ValueError: bad"},
+        {"key": "t|m|4", "task": "t", "method": "m", "seed": 4, "commit": head, "dirty": False}
+        | {"status": "diverged"},
+    ]
+    s = common.provenance_summary(runs, head)
+    assert (s["n_runs"], s["carried_forward"], s["unrecorded"], s["dirty"]) == (5, 2, 1, 1)
+    assert (s["n_failed"], s["n_diverged"]) == (1, 1)
+    assert s["failed"] == [{"key": "t|m|3", "commit": head, "error": "ValueError: bad"}]
+    assert [(e["commit"], e["n"]) for e in s["by_commit"]] == [(head, 3), (old, 1), (None, 1)]
+    page = common.provenance_markdown(s)
+    assert "**2 of 5 runs were carried forward**" in page and "| `t|m|3` |" in page
+    assert (
+        common.provenance_banner(s)
+        and common.provenance_banner(common.provenance_summary(runs[:1], head)) is None
+    )
+    # A rerun retries the failed run only; an unknown status is an error, not a silent "ok".
+    assert common.done_keys(runs) == {"t|m|0", "t|m|1", "t|m|2", "t|m|4"}
+    with pytest.raises(ValueError, match="unknown status 'crashed'"):
+        common.run_status({"key": "k", "status": "crashed"})
