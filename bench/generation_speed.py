@@ -15,7 +15,9 @@ base model (default: the embedded SmolLM2-135M-Instruct, float32, one torch thre
   (peft 0.21 + transformers 5 need it: without it cached output is wrong).
 
 Tokens/s = new tokens / wall seconds of one ``generate`` call. Each repeat runs every
-configuration once, in an order rotated per repeat, after one untimed warm-up call of each;
+configuration once, in an order rotated per repeat, after one untimed warm-up call of each
+(the uncached configurations, each call of which costs as much as all cached ones together,
+only in the first ``--uncached-repeats`` repeats);
 ``ratio_to_base_cached`` is the median over repeats of (adapter cached tokens/s) / (base cached
 tokens/s) within the same repeat (paired, so slow drifts of the machine's load cancel).
 Goal: prompt tuning's ratio >= 0.9.
@@ -33,7 +35,8 @@ How to run
     OMP_NUM_THREADS=1 taskset -c 0 python bench/generation_speed.py          # SmolLM2 (minutes)
     python bench/generation_speed.py --quick --model DIR --out /tmp/x       # smoke test
 
-Defaults: 96 new tokens, 20 virtual tokens, 5 repeats. ``--quick``: 8 new tokens, 1 repeat.
+Defaults: 96 new tokens, 20 virtual tokens, 5 repeats (2 of them with the uncached
+configurations). ``--quick``: 8 new tokens, 1 repeat.
 Results go to ``--out`` (default ``bench/results``; ``--quick``: a temporary folder) as
 ``generation_speed.json`` and ``generation_speed.md``.
 
@@ -42,8 +45,8 @@ JSON fields (``generation_speed.json``)
 - ``benchmark``: ``"generation_speed"``; ``quick``; ``command``, ``machine``, ``versions``,
   ``git``, ``started`` (``bench/common.py``); ``load`` (:meth:`LoadMonitor.summary`, the timed
   part); ``fix`` (``{"active", "reason"}`` from :func:`hf_tsprompt.generation.status`).
-- ``settings``: ``model``, ``new_tokens``, ``virtual_tokens``, ``repeats``, ``prompt_tokens``,
-  ``methods``, ``dtype``.
+- ``settings``: ``model``, ``new_tokens``, ``virtual_tokens``, ``repeats``,
+  ``uncached_repeats``, ``prompt_tokens``, ``methods``, ``dtype``.
 - ``configs``: per configuration, ``tokens_per_s`` (:func:`common.stats` over repeats) and
   ``seconds`` (list, per repeat).
 - ``ratios``: per method, ``cached_to_base_cached`` and ``uncached_to_base_cached`` (stats of
@@ -187,8 +190,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     trials: list[dict[str, Any]] = []
     with LoadMonitor() as load:
         for rep in range(args.repeats):
-            shift = rep % len(configs)
-            for pos, (name, cache) in enumerate(configs[shift:] + configs[:shift]):
+            now = [c for c in configs if c[1] or rep < args.uncached_repeats]
+            shift = rep % len(now)
+            for pos, (name, cache) in enumerate(now[shift:] + now[:shift]):
                 seconds = _generate(models[name], ids, args.new_tokens, cache)[0]
                 trials.append(
                     {
@@ -228,7 +232,7 @@ def _summarise(
     }
 
     def paired(num: str, den: str) -> dict[str, Any]:
-        return stats([by[num][r] / by[den][r] for r in by[num]])
+        return stats([by[num][r] / by[den][r] for r in by[num] if r in by[den]])
 
     ratios: dict[str, Any] = {
         "base_uncached_to_base_cached": paired("base_uncached", "base_cached")
@@ -248,6 +252,7 @@ def _summarise(
         "new_tokens": args.new_tokens,
         "virtual_tokens": args.virtual_tokens,
         "repeats": args.repeats,
+        "uncached_repeats": args.uncached_repeats,
         "prompt_tokens": int(ids.shape[1]),
         "methods": list(args.methods),
         "dtype": "float32",
@@ -275,7 +280,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"Greedy `generate` of exactly {s['new_tokens']} new tokens, batch 1, a "
         f"{s['prompt_tokens']}-token chat prompt, {s['virtual_tokens']} virtual tokens "
         f"(untrained), model `{s['model']}` ({s['dtype']}, one torch thread); "
-        f"{s['repeats']} repeats, configurations in rotating order, one process. "
+        f"{s['repeats']} repeats ({s['uncached_repeats']} with the uncached configurations), "
+        "configurations in rotating order, one process. "
         f"Fix: {data['fix']['reason']}.",
         "",
         "## Reading",
@@ -368,13 +374,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=96)
     p.add_argument("--virtual-tokens", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--uncached-repeats", type=int, default=2, help="repeats that run the uncached configs"
+    )
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     args = p.parse_args(argv)
     args.out = output_dir(args.out, args.quick)
     if args.quick:
-        args.new_tokens, args.repeats = 8, 1
-    if args.new_tokens < 1 or args.virtual_tokens < 1 or args.repeats < 1:
-        p.error("--new-tokens, --virtual-tokens and --repeats must be >= 1")
+        args.new_tokens, args.repeats, args.uncached_repeats = 8, 1, 1
+    if min(args.new_tokens, args.virtual_tokens, args.repeats, args.uncached_repeats) < 1:
+        p.error("--new-tokens, --virtual-tokens, --repeats and --uncached-repeats must be >= 1")
+    args.uncached_repeats = min(args.uncached_repeats, args.repeats)
     return args
 
 
