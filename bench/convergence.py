@@ -310,7 +310,7 @@ def run_one(
     task, train_rows, test_rows = task_rows(
         spec, tokenizer, k=k, seed=seed, n_test=test_n, source=source
     )
-    batch = train_batch(tokenizer, task, train_rows)
+    batch = train_batch(tokenizer, task, train_rows, next(model.parameters()).device)
     seed_prompt(
         model, seed, init, std=INIT_STD, tokenizer=tokenizer, init_text=INIT_TEXTS.get(spec.key)
     )

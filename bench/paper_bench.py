@@ -148,12 +148,15 @@ def task_rows(
     return task, select_rows(train_all, k, seed=seed), test
 
 
-def train_batch(tokenizer: Any, task: Any, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """The padded training batch of ``rows`` (library features + ``TrainCollator``)."""
+def train_batch(
+    tokenizer: Any, task: Any, rows: list[dict[str, Any]], device: Any = None
+) -> dict[str, torch.Tensor]:
+    """The padded training batch of ``rows`` (library features + ``TrainCollator``), on
+    ``device`` (default CPU)."""
     from hf_tsprompt.data import TrainCollator, tokenize_example
 
     feats = [tokenize_example(tokenizer, task, r) for r in rows]
-    return TrainCollator(tokenizer)(feats)
+    return {k: v.to(device) for k, v in TrainCollator(tokenizer)(feats).items()}
 
 
 @dataclass
@@ -186,9 +189,11 @@ def prompt_forward(model: Any, batch: dict[str, torch.Tensor]) -> ForwardOut:
     prompt = prompt_matrix(model).to(embeds.dtype)
     n_batch, n_virtual = input_ids.shape[0], prompt.shape[0]
     x = torch.cat([prompt.unsqueeze(0).expand(n_batch, -1, -1), embeds], dim=1)
-    full_mask = torch.cat([torch.ones((n_batch, n_virtual), dtype=mask.dtype), mask], dim=1)
+    ones = torch.ones((n_batch, n_virtual), dtype=mask.dtype, device=mask.device)
+    full_mask = torch.cat([ones, mask], dim=1)
     hidden = base.model(inputs_embeds=x, attention_mask=full_mask).last_hidden_state
-    full_labels = torch.cat([torch.full((n_batch, n_virtual), -100), labels], dim=1)
+    ignore = torch.full((n_batch, n_virtual), -100, dtype=labels.dtype, device=labels.device)
+    full_labels = torch.cat([ignore, labels], dim=1)
     target = full_labels[:, 1:]
     selected = target != -100
     logits = base.lm_head(hidden[:, :-1][selected]).float()
@@ -196,7 +201,8 @@ def prompt_forward(model: Any, batch: dict[str, torch.Tensor]) -> ForwardOut:
     ce = torch.nn.functional.cross_entropy(logits, tokens)
     hit = logits.detach().argmax(-1) == tokens
     rows = selected.nonzero()[:, 0]
-    wrong = torch.zeros(n_batch, dtype=torch.long).index_add_(0, rows, (~hit).long())
+    wrong = torch.zeros(n_batch, dtype=torch.long, device=rows.device)
+    wrong.index_add_(0, rows, (~hit).long())
     return ForwardOut(ce, wrong == 0, float(hit.float().mean()))
 
 
@@ -242,8 +248,9 @@ def seed_prompt(
     emb = inner.word_embeddings
     if init == "sample_vocab":
         # peft first builds the nn.Embedding (its N(0, 1) init draws n x d normals from the
-        # global generator), then samples the ids: consume the same draws first.
-        torch.nn.init.normal_(torch.empty_like(weight))
+        # CPU generator, whatever the model's device), then samples the ids: consume the
+        # same draws first.
+        torch.nn.init.normal_(torch.empty(weight.shape))
         ids = torch.randint(0, emb.num_embeddings, (n,), dtype=torch.long)
     elif init == "text":
         if tokenizer is None or not init_text:

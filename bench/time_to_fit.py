@@ -73,6 +73,9 @@ class Design:
 
 
 PROTOCOL = Design()
+#: ``bench/gpu.sh``: more evaluation seeds and the paper's budget (300 epochs = 300 full-batch
+#: updates); exploratory by PROTOCOL section 6, reported on its own page.
+GPU = Design(budget=300, eval_seeds=tuple(range(20)))
 QUICK = Design(
     budget=3,
     test_n={"bbh": 4, "gsm8k": 4, "mmlu": 4},
@@ -336,17 +339,17 @@ def exploratory_paper_init(
 
 
 @torch.no_grad()
-def embedding_scale(model_name: str, seed: int = 0) -> dict[str, Any]:
+def embedding_scale(model_name: str, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Median norm of the initial virtual tokens per init against real tokens as the decoder
     layers see them (the embedding layer's *output*), and against raw embedding rows."""
     from hf_tsprompt.models import load_base_model
     from hf_tsprompt.prompts import get_prompt_model, prompt_matrix
 
-    loaded = load_base_model(model_name)
+    loaded = load_base_model(model_name, device=device)
     model = get_prompt_model(loaded.model, "prompt_tuning", num_virtual_tokens=20)
     emb = model.word_embeddings
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, emb.num_embeddings, (2000,), generator=g)
+    ids = torch.randint(0, emb.num_embeddings, (2000,), generator=g).to(emb.weight.device)
     seen = emb(ids).float().norm(dim=-1)
     raw = emb.weight[ids].float().norm(dim=-1)
     out: dict[str, Any] = {
@@ -381,6 +384,7 @@ def build_result(
             "version": PROTOCOL_VERSION,
             "file": "bench/PROTOCOL.md",
             "budget": d.budget,
+            "device": extra.get("device", "cpu"),
             "k": K,
             "tune_lrs": list(d.tune_lrs),
             "tune_seeds": list(d.tune_seeds),
@@ -412,7 +416,7 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Protocol: [`bench/PROTOCOL.md`](../PROTOCOL.md) version {res['protocol']['version']}, "
         f"committed before these runs. Budget {res['protocol']['budget']} updates; multi-sample "
-        f"k = {res['protocol']['k']}; SmolLM2-135M-Instruct on CPU.",
+        f"k = {res['protocol']['k']}; SmolLM2-135M-Instruct on {res['protocol']['device']}.",
         "",
         "## Primary comparisons (Holm-corrected over all three)",
         "",
@@ -600,6 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--runs", type=Path, help="JSONL of finished runs (default <out>/...)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hf_tsprompt_bench/time_to_fit"))
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (bench/gpu.sh)")
+    parser.add_argument(
+        "--design", choices=["protocol", "gpu"], default="protocol", help="gpu: bench/gpu.sh"
+    )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny model, seconds (smoke test)")
     args = parser.parse_args(argv)
@@ -612,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     from hf_tsprompt.prompts import get_prompt_model
 
     common.single_thread()
-    d = QUICK if args.quick else PROTOCOL
+    d = QUICK if args.quick else (GPU if args.design == "gpu" else PROTOCOL)
     meta = common.run_metadata()
     runs_file = args.runs or (args.out / "time_to_fit_runs.jsonl")
     model_name, sources = "smollm2-135m-instruct", {}
@@ -623,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         assets = write_tiny_assets(work / "assets")
         model_name, sources, args.work = assets["model"], assets["sources"], work
         scale_models = [model_name]
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"device": args.device}
     json_file = args.out / "time_to_fit.json"
     if json_file.is_file():
         extra["scale"] = json.loads(json_file.read_text()).get("scale")
@@ -641,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(best, indent=1))
                 return 0
             if stage == "scale":
-                extra["scale"] = [embedding_scale(m) for m in scale_models]
+                extra["scale"] = [embedding_scale(m, device=args.device) for m in scale_models]
                 continue
             args.stage = stage
             if args.quick and stage == "primary":
@@ -654,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             todo = [x for x in plan(args, runs, d) if run_key(x[2], x[1], x[3]) not in done]
             print(f"{stage}: {len(todo)} run(s) to do, {len(done)} done in {runs_file}", flush=True)
             if todo and loaded is None:
-                loaded = load_base_model(model_name)
+                loaded = load_base_model(model_name, device=args.device)
                 model = get_prompt_model(loaded.model, "prompt_tuning", num_virtual_tokens=20)
             for i, (st, task, arm, seed) in enumerate(todo):
                 method, init, lr = parse_arm(arm)
