@@ -189,7 +189,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
     from hf_tsprompt.trainer import TopologicalPromptConfig
 
     transformers.logging.set_verbosity_error()
-    loaded = load_base_model(args.model)
+    loaded = load_base_model(args.model, dtype=args.dtype, device=args.device)
     model = get_prompt_model(loaded.model, "prompt_tuning", num_virtual_tokens=args.tokens)
     n_rows = args.batch_size * (args.steps + 1)
     dataset = build_dataset(loaded.tokenizer, Path(args.data), n_rows, args.seq_len)
@@ -197,6 +197,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
     ts = {k: v for k, v in vars(ts_defaults).items() if k.startswith("ts_")}
     settings = {
         "model": str(args.model),
+        "device": args.device,
+        "dtype": args.dtype,
         "data": str(args.data),
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
@@ -219,6 +221,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
 
 def _callback_classes() -> tuple[type, type]:
     """The timing callbacks (defined lazily: transformers is imported after argument parsing)."""
+    import torch
     from transformers import TrainerCallback
 
     from hf_tsprompt.callbacks import PersistenceCallback
@@ -230,6 +233,8 @@ def _callback_classes() -> tuple[type, type]:
             self.marks: list[tuple[int, float, float]] = []
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if torch.cuda.is_available():  # CUDA runs asynchronously: time finished work
+                torch.cuda.synchronize()
             self.marks.append((state.global_step, time.perf_counter(), time.process_time()))
 
     class TimedPersistenceCallback(PersistenceCallback):
@@ -292,7 +297,7 @@ def make_trial(config: str, setup: Setup, workdir: str, total_steps: int, every:
         "logging_steps": s["logging_steps"],
         "report_to": "none",
         "save_strategy": "no",
-        "use_cpu": True,
+        "use_cpu": s["device"] == "cpu",
         "seed": s["seed"],
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
@@ -884,6 +889,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="repeats of the 3 configurations")
     p.add_argument("--every", type=int, default=20, help="snapshot interval (steps)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu | cuda (bench/gpu.sh)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="base model weights: float32 | bfloat16 (the prompt "
+        "stays float32, as peft creates it)",
+    )
     p.add_argument("--seq-len", type=int, default=32, help="tokens per example (fixed)")
     p.add_argument("--tokens", type=int, default=20, help="virtual tokens")
     p.add_argument("--lr", type=float, default=3e-2)

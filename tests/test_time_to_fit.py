@@ -4,6 +4,7 @@ synthetic runs with known answers, and its ``--quick`` end-to-end smoke run."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def test_failed_and_worse_accuracy_runs_are_counted_not_dropped():
     assert not ttf.moonshot_met(c)
 
 
+@pytest.mark.slow
 def test_time_to_fit_quick(tmp_path):
     out = tmp_path / "ttf"
     run_bench("time_to_fit.py", "--quick", "--out", str(out), cwd=tmp_path)
@@ -125,3 +127,19 @@ def test_time_to_fit_quick(tmp_path):
     assert "Holm" in (out / "time_to_fit.md").read_text()
     again = run_bench("time_to_fit.py", "--quick", "--out", str(out), cwd=tmp_path)
     assert "tune: 0 run(s) to do" in again.stdout
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run(tmp_path, tiny_model_dir):
+    """``bench/gpu.sh --quick``: the GPU script's CPU dry run (tiny model) runs every stage."""
+    from procs import run_process
+    from tiny import BENCH_DIR, write_tiny_gsm8k
+
+    data = write_tiny_gsm8k(tmp_path / "gsm8k")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = ["bash", str(BENCH_DIR / "gpu.sh"), "--quick", "--model", str(tiny_model_dir)]
+    done = run_process([*cmd, "--data", str(data)], env=env, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    out = Path(done.stdout.strip().splitlines()[-1].rsplit("results in ", 1)[1])
+    assert json.loads((out / "time_to_fit.json").read_text())["headline"]["p_holm"] is not None
+    assert json.loads((out / "overhead.json").read_text())["benchmark"] == "overhead"
