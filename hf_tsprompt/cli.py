@@ -314,10 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hf-tsprompt`` and ``python -m hf_tsprompt``.
 
     Under ``torchrun`` / ``accelerate launch`` the command's job creates the process group;
-    it is destroyed here before the interpreter exits. Left alive, gloo's worker threads can
-    abort the process during finalisation (``terminate called without an active exception``,
-    SIGABRT: pytorch/pytorch#179291), which made a finished run exit with a failure. A group
-    that existed before the call (a caller's own) is left alone.
+    it is released here, after the command's trainer is gone, before the interpreter exits.
+    Left alive, gloo's worker threads can abort the process during finalisation (SIGABRT:
+    pytorch/pytorch#179291); destroyed in the wrong order (the trainer's DDP Reducer last), the
+    exit can deadlock (:mod:`hf_tsprompt.distributed` says why). A group that existed before
+    the call (a caller's own) is left alone.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -331,9 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     if owned_group and _distributed_initialized():
-        import torch.distributed as dist
+        from .distributed import release_process_groups
 
-        dist.destroy_process_group()
+        if not release_process_groups():
+            print("warning: a process group is still alive at exit", file=sys.stderr)
     return code
 
 

@@ -16,6 +16,7 @@ import os
 import pytest
 import torch
 
+import procs
 from tiny import save_tiny_model, tiny_llama, tiny_tokenizer
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -43,6 +44,15 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _kill_started_processes():
+    """Every process a test started with ``procs.start_process`` dies with the test, whole
+    process group and all, pass or fail (a module fixture's are killed at exit, below)."""
+    mark = procs.started_count()
+    yield
+    procs.kill_started(since=mark)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,6 +86,7 @@ OTHER_USER = "bob"
 _HUB = HubServer(tokens={HUB_TOKEN: HUB_USER, OTHER_TOKEN: OTHER_USER})
 _HF_HOME = tempfile.mkdtemp(prefix="hf-tsprompt-hfhome-")
 atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+atexit.register(procs.kill_started)  # what a module/session fixture started, if still alive
 
 for _var in (
     "HF_HUB_OFFLINE",

@@ -17,6 +17,7 @@ from transformers import DataCollatorForSeq2Seq
 sys.path.insert(0, str(Path(__file__).parent))
 
 from hf_tsprompt.callbacks import PersistenceCallback
+from hf_tsprompt.distributed import release_process_groups
 from hf_tsprompt.prompts import full_prompt_matrix, get_prompt_model
 from hf_tsprompt.trainer import TopologicalPromptConfig, TopologicalPromptTrainer
 
@@ -24,6 +25,7 @@ from tiny import tiny_llama, tiny_lm_dataset, tiny_tokenizer
 
 
 def main(out: str, per_device_batch: int, extra: str = "{}") -> None:
+    """Train, dump ``rank<k>.json``; the trainer is gone when this returns (see below)."""
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
     model = get_prompt_model(
@@ -64,10 +66,12 @@ def main(out: str, per_device_batch: int, extra: str = "{}") -> None:
         "logs": [h for h in trainer.state.log_history if "loss" in h],
     }
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(dump))
-    # Exiting with a live gloo group can SIGABRT at finalisation (pytorch/pytorch#179291).
     trainer.accelerator.wait_for_everyone()
-    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])
+    # main's trainer (and its DDP Reducer) is unreachable now; the group must go after it and
+    # through its Python object, or the exit can deadlock (see hf_tsprompt.distributed).
+    if not release_process_groups():
+        sys.exit("dist_train.py: a process group outlived release_process_groups()")

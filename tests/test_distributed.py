@@ -1,12 +1,16 @@
 """Two CPU processes (gloo DDP) against one, on the tiny model: same prompt, same losses,
-files written once. Launched with ``torchrun`` (``accelerate launch --multi_gpu`` also works on
-CPU; ``accelerate launch --cpu --num_processes 2`` starts only one process)."""
+files written once, and every process exits. Launched with ``torchrun`` (``accelerate launch
+--multi_gpu`` also works on CPU; ``accelerate launch --cpu --num_processes 2`` starts only one
+process). Each job runs in its own process group and is killed, ranks and all, if it outlives
+``JOB_TIMEOUT`` (``procs.run_process``): a hung rank fails its test instead of surviving it.
+Those tests are ``slow``; the in-process ones at the end check
+:func:`hf_tsprompt.distributed.release_process_groups` on a 1-process gloo group.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,10 +19,13 @@ import yaml
 
 from hf_tsprompt.records import read_records
 
+from procs import run_process
 from tiny import TINY_HUB_ID, save_tiny_model, write_tiny_gsm8k
 
 HERE = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+JOB_TIMEOUT = 240
+"""Seconds per torchrun job: ~35 s on 2 idle cores, ~65 s with the cores busy (no hang)."""
 
 
 def _free_port() -> int:
@@ -29,7 +36,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _torchrun(nproc: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def _torchrun(nproc: int, *args: str, timeout: float = JOB_TIMEOUT):
     cmd = [
         sys.executable,
         "-m",
@@ -42,7 +49,7 @@ def _torchrun(nproc: int, *args: str, timeout: int = 600) -> subprocess.Complete
         str(_free_port()),
         *args,
     ]
-    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    result = run_process(cmd, env=ENV, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -61,11 +68,13 @@ def _load(folder: Path, rank: int) -> dict:
     return json.loads((folder / f"rank{rank}.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_really_ran_ddp(runs):
     assert _load(runs / "two", 0)["world_size"] == 2
     assert _load(runs / "one", 0)["world_size"] == 1
 
 
+@pytest.mark.slow
 def test_prompt_identical_across_ranks_and_equal_to_one_process(runs):
     import torch
 
@@ -75,6 +84,7 @@ def test_prompt_identical_across_ranks_and_equal_to_one_process(runs):
     assert torch.allclose(torch.tensor(r0["prompt"]), single, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_logged_losses_agree_across_ranks_and_with_one_process(runs):
     logs0 = _load(runs / "two", 0)["logs"]
     logs1 = _load(runs / "two", 1)["logs"]
@@ -86,6 +96,7 @@ def test_logged_losses_agree_across_ranks_and_with_one_process(runs):
             assert a[key] == pytest.approx(c[key], rel=1e-4), key
 
 
+@pytest.mark.slow
 def test_barcodes_and_adapter_written_once(runs):
     lines = (runs / "two" / "topology" / "records.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in lines]
@@ -94,6 +105,19 @@ def test_barcodes_and_adapter_written_once(runs):
     assert len(list((runs / "two" / "topology" / "prompts").glob("*.npy"))) == 4
 
 
+@pytest.mark.slow
+def test_teardown_in_the_deadlocking_order_still_exits(tmp_path):
+    """Issue 17's exit deadlock set up on purpose (``dist_teardown.py``: a DDP Reducer co-owns
+    the group, a late collective frees Python tensors on the gloo worker, a 1000 s GIL switch
+    interval); the old order hangs there every time, ``release_process_groups`` must exit."""
+    _torchrun(2, str(HERE / "dist_teardown.py"), str(tmp_path), "release", timeout=120)
+    reports = [_load(tmp_path, rank) for rank in (0, 1)]
+    assert all(r["released"] and r["gloo_threads"] == 0 for r in reports), reports
+    # Rank 0's group destructor overlapped rank 1's late (3 s) collective: the set-up was live.
+    assert reports[0]["teardown_s"] > 1.0, reports
+
+
+@pytest.mark.slow
 def test_cli_under_torchrun(tmp_path):
     model_dir = save_tiny_model(tmp_path / "model")
     data_dir = write_tiny_gsm8k(tmp_path / "data")
@@ -129,6 +153,7 @@ def test_cli_under_torchrun(tmp_path):
     assert (run / "adapter" / "adapter_config.json").is_file() and (run / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_fsdp2_shards_the_prompt_but_tsloss_sees_all_of_it(runs):
     import torch
 
@@ -145,6 +170,7 @@ def test_fsdp2_shards_the_prompt_but_tsloss_sees_all_of_it(runs):
     assert torch.allclose(torch.tensor(r0["prompt"]), torch.tensor(ref["prompt"]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_trainer_falls_back_to_ddp_for_fsdp_on_cpu(runs, tmp_path):
     # Documented limitation: on CPU, accelerate runs FSDP requests as plain DDP (MULTI_CPU).
     extra = json.dumps({"fsdp": "full_shard", "fsdp_config": {"fsdp_version": 2}})
@@ -152,3 +178,48 @@ def test_trainer_falls_back_to_ddp_for_fsdp_on_cpu(runs, tmp_path):
     r0 = _load(tmp_path / "f", 0)
     assert r0["world_size"] == 2 and r0["param_type"] == "Parameter"
     assert r0["prompt"] == _load(runs / "two", 0)["prompt"]
+
+
+def _one_process_group(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+
+
+def test_release_joins_the_gloo_workers_after_the_trainer_is_gone(tmp_path):
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from hf_tsprompt.distributed import gloo_worker_threads, release_process_groups
+
+    assert release_process_groups() is True  # no group: nothing to do
+    _one_process_group(tmp_path)
+    assert gloo_worker_threads() > 0
+    model = DistributedDataParallel(torch.nn.Linear(3, 3))
+    model(torch.ones(2, 3)).sum().backward()  # a real allreduce through the Reducer
+    del model
+    assert release_process_groups() is True
+    assert not dist.is_initialized() and gloo_worker_threads() == 0
+
+
+def test_release_reports_a_group_that_a_live_ddp_model_still_owns(tmp_path):
+    import gc
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from hf_tsprompt.distributed import gloo_worker_threads, release_process_groups
+
+    _one_process_group(tmp_path)
+    model = DistributedDataParallel(torch.nn.Linear(3, 3))
+    try:
+        # The caller still holds the model, so its Reducer still owns the group.
+        assert release_process_groups() is False
+        assert not dist.is_initialized() and gloo_worker_threads() > 0
+    finally:
+        del model  # the workers are idle now: the Reducer may free the group safely
+        gc.collect()
+    assert gloo_worker_threads() == 0
