@@ -40,6 +40,7 @@ def _check_meta(data: dict[str, Any], script: str) -> None:
     assert data["load"]["wall_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_overhead_quick(tmp_path, tiny_model_dir):
     data_dir = write_tiny_gsm8k(tmp_path / "gsm8k")
     out = tmp_path / "out"
@@ -92,6 +93,7 @@ def test_overhead_quick(tmp_path, tiny_model_dir):
     assert mem["peak_ratio"]["plain"] == 1.0
 
 
+@pytest.mark.slow
 def test_topology_speed_quick(tmp_path):
     out = tmp_path / "out"
     run_bench("topology_speed.py", "--quick", "--out", str(out))

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tiny import run_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -40,6 +42,7 @@ def _check_provenance(data: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     assert prov["carried_forward"] == 0 and prov["unrecorded"] == 0
 
 
+@pytest.mark.slow
 def test_convergence_quick(tmp_path: Path) -> None:
     out = tmp_path / "conv"
     run_bench("convergence.py", "--quick", "--out", str(out), cwd=tmp_path)
@@ -91,6 +94,7 @@ def test_convergence_quick(tmp_path: Path) -> None:
     assert "1 run(s) to do" in again.stdout
 
 
+@pytest.mark.slow
 def test_accuracy_quick(tmp_path: Path) -> None:
     out = tmp_path / "acc"
     run_bench("accuracy.py", "--quick", "--out", str(out), cwd=tmp_path)
@@ -170,6 +174,7 @@ def test_convergence_statistics_by_hand() -> None:
     assert (pooled[0]["faster"], pooled[0]["slower"], pooled[0]["ties"]) == (4, 1, 0)
 
 
+@pytest.mark.slow
 def test_correlation_quick(tmp_path: Path) -> None:
     out = tmp_path / "corr"
     run_bench("correlation.py", "--quick", "--out", str(out), cwd=tmp_path)

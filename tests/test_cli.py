@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import yaml
 from hf_tsprompt.cli import EXIT_USER_ERROR, main
 from hf_tsprompt.records import read_records
 
+from procs import run_process
 from tiny import TINY_HUB_ID, save_tiny_model, write_tiny_gsm8k
 
 
@@ -168,20 +168,14 @@ def test_evaluate_and_push_on_missing_run_folder(tmp_path, capsys):
     assert "nothing was pushed" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_help_texts_explain_themselves():
     commands = ["train", "evaluate", "plot", "analyze", "push", "card", "explain", "report"]
     for args in ([], *([c] for c in commands)):
-        result = subprocess.run(
-            [sys.executable, "-m", "hf_tsprompt", *args, "--help"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_process([sys.executable, "-m", "hf_tsprompt", *args, "--help"], timeout=60)
         assert result.returncode == 0, result.stderr
         assert "usage: hf-tsprompt" in result.stdout
-    top = subprocess.run(
-        [sys.executable, "-m", "hf_tsprompt", "--help"], capture_output=True, text=True
-    ).stdout
+    top = run_process([sys.executable, "-m", "hf_tsprompt", "--help"], timeout=60).stdout
     for command in commands:
         assert command in top
 

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from hf_tsprompt.errors import HubError, MissingFileError, RunFolderError
 from hf_tsprompt.hub import build_model_card, load_adapter, push_to_hub, save_model_card
 
+from procs import run_process
 from tiny import TINY_HUB_ID, make_tiny_run
 
 REPO = "alice/tiny-tsloss"
@@ -247,6 +247,7 @@ torch.save({"prompt": emb, "generation": gen}, out)
 """
 
 
+@pytest.mark.slow
 def test_fresh_process_loads_identical_prompt_and_generations(hub, run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -254,11 +255,12 @@ def test_fresh_process_loads_identical_prompt_and_generations(hub, run, tmp_path
     run_dir, model_dir = run
     push_to_hub(run_dir, REPO, token=HUB_TOKEN)
     out = tmp_path / "fresh.pt"
-    subprocess.run(
+    run_process(
         [sys.executable, "-c", _FRESH_LOAD, str(model_dir), REPO, str(out)],
         check=True,
+        capture_output=False,
         env={**os.environ, "HF_TOKEN": HUB_TOKEN},
-        timeout=300,
+        timeout=180,
     )
     fresh = torch.load(out, weights_only=True)
     local = PeftModel.from_pretrained(
@@ -272,18 +274,15 @@ def test_fresh_process_loads_identical_prompt_and_generations(hub, run, tmp_path
     assert torch.equal(fresh["generation"], gen)
 
 
+@pytest.mark.slow
 def test_card_snippet_runs_as_written(hub, run, tmp_path):
     run_dir, model_dir = run
     _push_base_model(hub, model_dir)
     push_to_hub(run_dir, REPO, token=HUB_TOKEN)
     readme = hub.repo_files(REPO)["README.md"].decode()
     code = readme.split("```python", 1)[1].split("```", 1)[0]
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "HF_TOKEN": HUB_TOKEN},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_process(
+        [sys.executable, "-c", code], env={**os.environ, "HF_TOKEN": HUB_TOKEN}, timeout=180
     )
     assert result.returncode == 0, result.stderr[-2000:]
 

@@ -41,6 +41,7 @@ from hf_tsprompt.errors import HubError
 from hf_tsprompt.hub import PUSHED_FILES, push_to_hub
 
 from hub_server import HubServer
+from procs import start_process
 from tiny import make_tiny_run
 
 REPO = "alice/faulty-push"
@@ -215,6 +216,7 @@ def test_slow_hub_is_waited_for_not_failed(hub: HubServer, run: Path) -> None:
     assert _expected_paths(run) <= set(hub.repo_files(REPO))
 
 
+@pytest.mark.slow
 def test_push_killed_during_a_slow_commit_is_atomic_and_retry_is_idempotent(
     hub: HubServer, run: Path, tmp_path: Path
 ) -> None:
@@ -224,7 +226,7 @@ def test_push_killed_during_a_slow_commit_is_atomic_and_retry_is_idempotent(
     local_before = _local(run)
     hub.inject("slow", seconds=4.0, match=r"^POST .*/commit/")
     env = {**os.environ, "HF_TOKEN": HUB_TOKEN}
-    proc = subprocess.Popen(
+    proc = start_process(
         [sys.executable, "-m", "hf_tsprompt", "push", str(run), "--repo-id", REPO],
         env=env,
         stdout=subprocess.PIPE,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import get_session
 
 from hub_server import LFS_SIZE_THRESHOLD, HubServer
+from procs import run_process
 
 ALICE = "hf_test_token"  # conftest: user "alice"
 BOB = "hf_other_token"  # conftest: user "bob"
@@ -485,13 +485,8 @@ def test_fresh_process_downloads_from_the_local_hub(hub: HubServer, tmp_path: Pa
         "print(json.dumps([constants.ENDPOINT, hashlib.sha256(data).hexdigest()]))\n"
     )
     env = {**os.environ, "HF_TOKEN": ALICE}  # everything else (HF_ENDPOINT, ...) is inherited
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "cache")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    out = run_process(
+        [sys.executable, "-c", code, str(tmp_path / "cache")], env=env, timeout=60, check=True
     )
     endpoint, digest = json.loads(out.stdout.strip().splitlines()[-1])
     assert endpoint == hub.url

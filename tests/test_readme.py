@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from procs import run_process
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -46,9 +47,7 @@ def test_python_api_example_runs(tmp_path):
         .replace("every_n_steps=10", "every_n_steps=1")
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
-    )
+    result = run_process([sys.executable, "-c", code], env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = (tmp_path / "api" / "topology" / "records.jsonl").read_text().splitlines()
     assert len(records) == 3  # steps 0, 1, 2

@@ -62,6 +62,7 @@ from hf_tsprompt.cli import EXIT_USER_ERROR, main
 from hf_tsprompt.pipeline import last_checkpoint
 from hf_tsprompt.records import RECORDS_FILE, read_records
 
+from procs import run_process, start_process
 from tiny import TINY_HUB_ID, save_tiny_model, write_tiny_gsm8k
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,7 +223,7 @@ def crash(assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -
     refusals: dict[str, tuple[int, str]] = {}
     untouched = False
     with open(log_path, "wb") as log:
-        victim = subprocess.Popen(
+        victim = start_process(
             [sys.executable, "-m", "hf_tsprompt", "train", str(recipe), "--quiet"],
             cwd=root,
             env=env,
@@ -307,6 +308,7 @@ def crash(assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -
     )
 
 
+@pytest.mark.slow
 def test_the_job_was_really_killed_mid_training(crash: Crash) -> None:
     """SIGKILL, not a clean exit: the run was unfinished and left its lock file behind."""
     assert crash.victim_returncode == -signal.SIGKILL
@@ -319,6 +321,7 @@ def test_the_job_was_really_killed_mid_training(crash: Crash) -> None:
     assert step % SAVE_STEPS == 0 and step <= max(crash.records_at_kill)
 
 
+@pytest.mark.slow
 def test_second_job_on_a_folder_in_use_is_refused(crash: Crash) -> None:
     """Exit 2, the holder's pid and the fix; the live job's files untouched."""
     assert set(crash.refusals) == {"plain", "overwrite", "resume"}
@@ -333,6 +336,7 @@ def test_second_job_on_a_folder_in_use_is_refused(crash: Crash) -> None:
     assert sorted(set(steps)) == list(range(max(steps) + 1))
 
 
+@pytest.mark.slow
 def test_resume_ends_with_a_continuous_barcode_record(crash: Crash) -> None:
     """Every step exactly once, no torn line, no orphan prompt file, and the same barcodes as
     the uninterrupted run."""
@@ -362,6 +366,7 @@ def test_resume_ends_with_a_continuous_barcode_record(crash: Crash) -> None:
     assert not list((crash.run_dir / "topology").rglob("*.tmp"))  # no leftover of the kill
 
 
+@pytest.mark.slow
 def test_resumed_adapter_loads_and_equals_the_uninterrupted_run(crash: Crash) -> None:
     """``PeftModel.from_pretrained`` loads it; its prompt equals the reference's."""
     from peft import PeftModel
@@ -387,6 +392,7 @@ def test_resumed_adapter_loads_and_equals_the_uninterrupted_run(crash: Crash) ->
     assert not torch.allclose(initial, prompt, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_no_token_in_run_folders_or_job_output(crash: Crash) -> None:
     """HF_TOKEN was set for every job: no byte of any file (checkpoints' pickles included)
     and no line of output holds it."""
@@ -661,6 +667,7 @@ def test_bad_input_is_one_paragraph_and_writes_nothing(
     assert not (work / "PWNED").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["malformed-yaml", "dataset-non-text"])
 def test_bad_input_in_a_real_process(case: str, assets: tuple[Path, Path], tmp_path: Path):
     """The exit status and the output of ``python -m hf_tsprompt`` itself."""
@@ -668,13 +675,7 @@ def test_bad_input_in_a_real_process(case: str, assets: tuple[Path, Path], tmp_p
     bad = BAD_INPUTS[case]
     argv = bad.setup(tmp_path, model_dir, data_dir)
     before = _tree(tmp_path, model_dir, data_dir)
-    result = subprocess.run(
-        [sys.executable, "-m", "hf_tsprompt", *argv],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_process([sys.executable, "-m", "hf_tsprompt", *argv], cwd=tmp_path, timeout=120)
     assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
     message = _error_paragraph(result.stderr)
     assert bad.problem in message and bad.fix in message

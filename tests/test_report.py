@@ -11,6 +11,7 @@ page must log no error.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -30,6 +31,7 @@ from hf_tsprompt.errors import MissingFileError
 from hf_tsprompt.explain import explain_run, save_explain
 from hf_tsprompt.report import FIGURE_SECTIONS, build_report
 
+from procs import kill_tree, start_process
 from tiny import make_tiny_run
 
 HOSTILE_NAME = (
@@ -227,7 +229,7 @@ class _DevTools:
             "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
             "os.execv(sys.argv[3], sys.argv[3:])"
         )
-        self.proc = subprocess.Popen(
+        self.proc = start_process(
             [
                 sys.executable,
                 "-c",
@@ -302,11 +304,9 @@ class _DevTools:
         finally:
             os.close(self._cmd_w)
             os.close(self._out_r)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            kill_tree(self.proc)  # Chromium's own children too, not only the browser
 
 
 # Resolves once every image has decoded (or failed); reports each image's natural size.
@@ -381,6 +381,7 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_report_loads_in_headless_chromium(report):
     page = _load_in_chromium(report)
@@ -394,6 +395,7 @@ def test_report_loads_in_headless_chromium(report):
     assert not outside, f"the report requested resources outside itself: {outside}"
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_chromium_check_sees_broken_pages(tmp_path):
     """Negative control: the checks above do catch a broken image, an outside request and a

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from procs import run_process
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -166,14 +168,8 @@ def run_bench(script: str, *args: str, cwd: Path | None = None) -> subprocess.Co
     """Run ``bench/<script> ARGS`` in a subprocess (one torch thread); assert it exits 0,
     showing the end of its output when it does not."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(
-        [sys.executable, str(BENCH_DIR / script), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    done = run_process(
+        [sys.executable, str(BENCH_DIR / script), *args], cwd=cwd, env=env, timeout=300
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
