@@ -1,10 +1,16 @@
 """Share a run on the Hugging Face Hub: model card, push, load back.
 
-- :func:`build_model_card` renders ``model_cards/adapter_card.md.jinja`` from a run folder into
-  a ``huggingface_hub.ModelCard`` whose YAML metadata (``base_model``, ``library_name: peft``,
-  ``tags``, ``datasets``, ``license``, ``model-index``) is built with ``ModelCardData`` and
-  ``EvalResult``, so the Hub and ``metadata_load`` parse it; strings from datasets, recipes and
-  model names only enter the YAML through that serialiser (never pasted into YAML text).
+- :func:`build_model_card` renders ``model_cards/adapter_card.md.jinja`` (shipped in the wheel
+  as ``hf_tsprompt.model_cards``, read with ``importlib.resources``) from a run folder into a
+  ``huggingface_hub.ModelCard`` whose YAML metadata is built with ``ModelCardData`` and
+  ``EvalResult``, so the Hub and ``metadata_load`` parse it: what peft's own
+  ``create_or_update_model_card`` writes for an adapter (``base_model``, ``library_name: peft``,
+  ``pipeline_tag: text-generation``, the tags ``transformers`` and
+  ``base_model:adapter:<base id>`` that link the adapter to its base on the Hub), plus
+  ``datasets``, ``license``, ``model-index``. Strings from datasets, recipes and model names only
+  enter the YAML through that serialiser (never pasted into YAML text). Without a ``repo_id``
+  the card's snippet loads the adapter by its path relative to the card (``adapter``), so a run
+  folder can be moved or shared without naming the machine it was trained on.
 - :func:`push_to_hub` uploads the adapter (at the repo root, so plain
   ``PeftModel.from_pretrained(base, repo_id)`` works), the card, the figures and the barcode
   records in ONE commit. ``PeftModel.push_to_hub`` is not used: it goes through transformers'
@@ -66,18 +72,27 @@ PUSHED_FILES: tuple[str, ...] = (
 PUSHED_GLOBS: tuple[str, ...] = ("figures/*.png", "eval/*.json")
 
 
-def template_path() -> Path:
-    """The card template: ``model_cards/`` in a source checkout, else the installed copy."""
-    here = Path(__file__).resolve().parent
-    for candidate in (
-        here.parent / "model_cards" / CARD_TEMPLATE,
-        here / "model_cards" / CARD_TEMPLATE,
-    ):
-        if candidate.is_file():
-            return candidate
+def card_template() -> str:
+    """The text of the card template, from the package data ``hf_tsprompt.model_cards``.
+
+    pyproject.toml maps the repository's top-level ``model_cards/`` into the package, so a wheel
+    and an editable install both carry it. A checkout whose editable install predates that
+    mapping (or that is run from ``PYTHONPATH``) reads the folder beside the package instead.
+    """
     from importlib.resources import files
 
-    return Path(str(files("hf_tsprompt.model_cards") / CARD_TEMPLATE))
+    try:
+        resource = files("hf_tsprompt.model_cards").joinpath(CARD_TEMPLATE)
+        return resource.read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        checkout = Path(__file__).resolve().parent.parent / "model_cards" / CARD_TEMPLATE
+        if checkout.is_file():
+            return checkout.read_text(encoding="utf-8")
+    raise MissingFileError(
+        f"the model card template {CARD_TEMPLATE} is missing from the installed hf_tsprompt "
+        "package (hf_tsprompt/model_cards/); the installation is incomplete. Reinstall it: "
+        "`pip install --force-reinstall hf-tsprompt`, or `pip install -e .` in a checkout."
+    )
 
 
 # --- reading a run folder -----------------------------------------------------------------
@@ -243,12 +258,16 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
     regularizer = (recipe.get("ts") or {}).get("regularizer", "tsloss")
     tags = [
         "peft",
+        "transformers",
         "prompt-tuning",
         method_tag,
         "tsloss",
         "topological-data-analysis",
         "hf-tsprompt",
     ]
+    if base_model != "unknown":
+        # peft's tag: the Hub lists the adapter under its base model's "Adapters" with it.
+        tags.append(f"base_model:adapter:{base_model}")
     tags = list(dict.fromkeys(tags))
     eval_results = None
     if info.get("accuracy_after") is not None and dataset_id:
@@ -274,7 +293,9 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
         model_name=str(info.get("name")),
         eval_results=eval_results,
     )
-    adapter_ref = repo_id or str((_adapter_dir(run_dir)).resolve())
+    # A local card names the adapter relative to itself (README.md is at the run folder's root),
+    # never by the absolute path of the machine it was rendered on.
+    adapter_ref = repo_id or _adapter_dir(run_dir).relative_to(run_dir).as_posix()
     figures = [
         (caption, f"figures/{name}")
         for name, caption in FIGURE_CAPTIONS.items()
@@ -303,6 +324,7 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
         else "its task",
         "regularizer": regularizer,
         "adapter_ref": _py_str(adapter_ref),
+        "adapter_is_local": repo_id is None,
         "chat": bool(info.get("chat_template", True)),
         # A JSON string is a valid Python literal; escaping backticks keeps the code fence whole.
         "example_prompt": json.dumps(info.get("example_prompt") or "Your question here").replace(
@@ -326,7 +348,7 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
             (_inline(k), _inline(v)) for k, v in (info.get("versions") or {}).items()
         ),
     }
-    return ModelCard.from_template(card_data, template_path=str(template_path()), **context)
+    return ModelCard.from_template(card_data, template_str=card_template(), **context)
 
 
 def _inline(text: Any) -> str:
