@@ -49,6 +49,12 @@ def _tree_hashes(folder: Path) -> dict[str, str]:
     }
 
 
+def _use_it_blocks(card: str) -> list[str]:
+    """The Python code blocks of the card's "Use it" section, in order."""
+    section = card.split("## Use it", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
 def _push_base_model(hub, model_dir: Path) -> None:
     from huggingface_hub import HfApi
 
@@ -72,6 +78,7 @@ def test_card_metadata_parses_with_huggingface_hub(run, tmp_path):
     assert meta["library_name"] == "peft"
     assert meta["pipeline_tag"] == "text-generation"
     assert {"prompt-tuning", "tsloss", "topological-data-analysis"} <= set(meta["tags"])
+    assert f"base_model:adapter:{TINY_HUB_ID}" in meta["tags"]
     assert meta["datasets"] == ["openai/gsm8k"]
     card = ModelCard.load(path)
     name, results = model_index_to_eval_results(meta["model-index"])
@@ -146,8 +153,56 @@ def test_hostile_strings_cannot_break_the_front_matter(run):
     assert meta["model-index"][0]["name"] == evil
     assert "license" not in meta or meta["license"] != "stolen"
     body = path.read_text().split("---", 2)[2]
-    code = body.split("```python", 1)[1].split("```", 1)[0]
-    compile(code, "snippet", "exec")  # the snippet is still valid Python
+    blocks = _use_it_blocks(body)
+    assert len(blocks) == 2  # PeftModel, then AutoPeftModelForCausalLM
+    for code in blocks:
+        compile(code, "snippet", "exec")  # the snippets are still valid Python
+    assert meta["tags"][-1] == f"base_model:adapter:{info['base_model']}"
+
+
+def test_card_metadata_carries_what_peft_writes_for_the_adapter(hub, run, tmp_path):
+    """peft's own create_or_update_model_card, on the same adapter over the same base loaded
+    by its Hub id, is the reference: our card carries each of its metadata keys and tags."""
+    from huggingface_hub.repocard import metadata_load
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_dir, model_dir = run
+    _push_base_model(hub, model_dir)
+    base = AutoModelForCausalLM.from_pretrained(TINY_HUB_ID, token=HUB_TOKEN)
+    PeftModel.from_pretrained(base, run_dir / "adapter").create_or_update_model_card(tmp_path)
+    peft_meta = metadata_load(tmp_path / "README.md")
+    assert peft_meta["library_name"] == "peft"  # the reference is what we think it is
+    assert f"base_model:adapter:{TINY_HUB_ID}" in peft_meta["tags"]
+    ours = metadata_load(save_model_card(run_dir, repo_id=REPO))
+    for key in ("base_model", "library_name", "pipeline_tag"):
+        assert ours[key] == peft_meta[key], key
+    assert set(peft_meta["tags"]) <= set(ours["tags"])
+
+
+@pytest.mark.slow
+def test_local_card_names_the_adapter_relative_to_itself(hub, run, tmp_path):
+    """A card rendered without a repo id holds no absolute path of the machine it was made on,
+    and its snippets run from the card's folder after the run folder has been moved."""
+    run_dir, model_dir = run
+    text = save_model_card(run_dir).read_text(encoding="utf-8")
+    assert str(run_dir.resolve()) not in text and str(tmp_path.resolve()) not in text
+    first, second = _use_it_blocks(text)
+    assert 'PeftModel.from_pretrained(base, "adapter")' in first
+    assert 'AutoPeftModelForCausalLM.from_pretrained("adapter")' in second
+    moved = tmp_path / "elsewhere" / "shared-run"
+    moved.parent.mkdir()
+    shutil.move(run_dir, moved)
+    assert save_model_card(moved).read_text(encoding="utf-8") == text  # location-free
+    _push_base_model(hub, model_dir)
+    check = 'assert type(model).__name__ == "PeftModelForCausalLM", type(model)\n'
+    result = run_process(
+        [sys.executable, "-c", first + check + second + check],
+        cwd=moved,
+        env={**os.environ, "HF_TOKEN": HUB_TOKEN},
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 # --- push -------------------------------------------------------------------------------------
@@ -280,7 +335,27 @@ def test_card_snippet_runs_as_written(hub, run, tmp_path):
     _push_base_model(hub, model_dir)
     push_to_hub(run_dir, REPO, token=HUB_TOKEN)
     readme = hub.repo_files(REPO)["README.md"].decode()
-    code = readme.split("```python", 1)[1].split("```", 1)[0]
+    first, second = _use_it_blocks(readme)
+    # The second (AutoPeftModelForCausalLM) must load the same base + prompt as the first.
+    code = (
+        first
+        + "reference = model\n"
+        + second
+        + "import torch\n"
+        + f"assert model.peft_config['default'].base_model_name_or_path == {TINY_HUB_ID!r}\n"
+        + "weight = lambda m: m.prompt_encoder['default'].embedding.weight\n"
+        + "assert torch.equal(weight(model), weight(reference))\n"
+        # The snippet's cached greedy output is greedy decoding with peft's training forward.
+        + "seq = inputs['input_ids']\n"
+        + "with torch.no_grad():\n"
+        + "    while seq.shape[1] < output.shape[1]:\n"
+        + "        nxt = reference(input_ids=seq).logits[:, -1:].argmax(-1)\n"
+        + "        seq = torch.cat([seq, nxt], dim=1)\n"
+        + "assert torch.equal(output, seq), (output, seq)\n"
+        + "new = output.shape[1] - inputs['input_ids'].shape[1]\n"
+        + "again = model.generate(**inputs, max_new_tokens=new, do_sample=False)\n"
+        + "assert torch.equal(again, output)\n"
+    )
     result = run_process(
         [sys.executable, "-c", code], env={**os.environ, "HF_TOKEN": HUB_TOKEN}, timeout=180
     )
