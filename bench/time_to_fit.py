@@ -401,7 +401,7 @@ def build_result(
         "moonshot_met": moonshot_met(head),
         "exploratory": {"paper_init_vs_best": exploratory_paper_init(runs, best, d)},
         "scale": extra.get("scale"),
-        "provenance": common.provenance_summary(runs, (meta.get("git") or {}).get("commit")),
+        "provenance": common.page_provenance(runs, meta),
     }
 
 
