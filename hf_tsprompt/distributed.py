@@ -102,5 +102,4 @@ def release_process_groups() -> bool:
     # The last references go through ProcessGroup's deallocator, which releases the GIL while
     # the C++ destructor joins the gloo workers.
     groups.clear()
-    gc.collect()
     return gloo_worker_threads() in (0, None)
