@@ -39,6 +39,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set or [], variant=args.variant)
     if args.dry_run:
+        from .pipeline import training_config
+
+        training_config(recipe, recipe.run_dir.resolve())  # what this machine cannot honour
         print(recipe.to_yaml(), end="")
         print(f"# recipe is valid; the run folder would be {recipe.run_dir}", file=sys.stderr)
         return 0

@@ -22,6 +22,9 @@ Nothing is written before the recipe, the model and the data have loaded: a bad 
 missing file fails with nothing on disk. A run folder that already holds a run is refused
 unless ``overwrite`` (replace it) or ``resume`` (continue from its last checkpoint) is given,
 and a folder in use by another job (an OS file lock on ``<run>/.lock``) is always refused.
+A run that stops early records it in ``run.json``: ``status: failed`` with the error, or
+``interrupted`` (Ctrl-C), and the step reached; refusing the folder then says what happened
+to that run and whether ``--resume`` (it saved a checkpoint) or ``--overwrite`` applies.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any
 
 from .errors import ConfigError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_json, atomic_write_text
-from .recipes import Recipe, recipe_from_dict
+from .recipes import TRAINING_DEFAULTS, Recipe, recipe_from_dict
 
 RUN_FILE = "run.json"
 RECIPE_FILE = "recipe.yaml"
@@ -163,11 +166,39 @@ def check_run_folder(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
             )
         return
     if _has_run(run_dir) and not overwrite:
-        raise RunFolderError(
-            f"run folder {run_dir} already holds a run. Pass --overwrite to replace it, "
-            "--resume to continue from its last checkpoint, or --set output_dir=... for a "
-            "new folder."
+        raise RunFolderError(_previous_run_message(run_dir))
+
+
+def _previous_run_message(run_dir: Path) -> str:
+    """What happened to the run already in ``run_dir``, and which flag applies to it."""
+    try:
+        info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        info = {}
+    status = info.get("status") if isinstance(info, dict) else None
+    step = info.get("global_step") if isinstance(info, dict) else None
+    at = f" at step {step}" if isinstance(step, int) else ""
+    ckpt = last_checkpoint(run_dir)
+    resume = f"--resume to continue from {ckpt.name}, " if ckpt is not None else ""
+    new = "or --set output_dir=... for a new folder."
+    if status == "failed":
+        what = f"the previous run in {run_dir} failed{at}: {info.get('error', 'unknown error')}."
+    elif status == "interrupted":
+        what = f"the previous run in {run_dir} was interrupted (Ctrl-C){at}."
+    elif status == "running":
+        # The lock is free (checked before), so no live job is writing it: it was killed.
+        what = (
+            f"the previous run in {run_dir} stopped without finishing (its run.json still says "
+            "running and no job holds the folder: the job was killed)."
         )
+    else:
+        return (
+            f"run folder {run_dir} already holds a run. Pass --overwrite to replace it, "
+            f"{resume or '--resume to continue from its last checkpoint, '}{new}"
+        )
+    if not ckpt:
+        resume = "(--resume does not apply: it saved no checkpoint), "
+    return f"{what} Pass --overwrite to start it again {resume}{new}"
 
 
 def _complete_checkpoint(path: Path) -> bool:
@@ -309,17 +340,16 @@ def training_config(recipe: Recipe, run_dir: Path):
     from .trainer import TopologicalPromptConfig
 
     values: dict[str, Any] = {
-        "report_to": "none",
-        "logging_steps": 10,
-        "save_strategy": "no",
+        **TRAINING_DEFAULTS,
         # Without an accelerator, say so: only then does TrainingArguments set up gloo DDP
         # under torchrun / accelerate launch (else each process trains alone, world size 1).
         "use_cpu": not _has_accelerator(),
     }
     values.update(recipe.training)
+    _check_training_on_this_machine(values)
     ts = recipe.ts
     try:
-        return TopologicalPromptConfig(
+        args = TopologicalPromptConfig(
             output_dir=str(run_dir),
             seed=recipe.seed,
             ts_regularizer=ts.regularizer,
@@ -336,8 +366,65 @@ def training_config(recipe: Recipe, run_dir: Path):
         )
     except ConfigError:
         raise
-    except (ValueError, TypeError) as err:
+    except Exception as err:  # anything TrainingArguments refuses is a recipe problem
         raise ConfigError(f"the recipe's training section is invalid: {err}") from None
+    _check_optimizer(args)
+    return args
+
+
+def _check_training_on_this_machine(values: dict[str, Any]) -> None:
+    """The recipe-independent checks of :mod:`hf_tsprompt.recipes` cannot know the machine:
+    refuse here (still before any model loads) what this one cannot honour."""
+    import torch
+
+    if values.get("fp16") and not torch.cuda.is_available():
+        raise ConfigError(
+            "training.fp16 needs a CUDA GPU; on this machine the Trainer would silently train "
+            "in float32. Set training.fp16: false (or bf16: true, which CPUs support)."
+        )
+    workers, cores = values.get("dataloader_num_workers") or 0, os.cpu_count() or 1
+    if workers > 4 * cores:
+        raise ConfigError(
+            f"training.dataloader_num_workers={workers} would start {workers} processes on a "
+            f"machine with {cores} cores; use at most {4 * cores} (torch suggests one per core)."
+        )
+    if values.get("use_liger_kernel"):
+        from transformers.utils import is_liger_kernel_available
+
+        if not is_liger_kernel_available():
+            raise ConfigError(
+                "training.use_liger_kernel needs the liger-kernel package (pip install "
+                "liger-kernel), or set it to false."
+            )
+    report_to = values.get("report_to")
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if any(n not in ("none", "all") for n in names):
+        from transformers.integrations import get_available_reporting_integrations
+
+        available = get_available_reporting_integrations()
+        for name in names:
+            if name not in ("none", "all") and name not in available:
+                raise ConfigError(
+                    f"training.report_to={name!r} is not installed here; installed: "
+                    f"{', '.join(available) or 'none'} (or 'none'). Install its package "
+                    f"(e.g. pip install {name}) or drop it from report_to."
+                )
+
+
+def _check_optimizer(args: Any) -> None:
+    """Resolve ``optim`` / ``optim_args`` as the Trainer will, before any model loads: an
+    optimizer whose package is missing (bitsandbytes, GaLore, ...) fails here, not mid-run."""
+    from transformers import Trainer
+
+    optim = str(getattr(args.optim, "value", args.optim))
+    if "galore" in optim or "apollo" in optim:
+        return  # these resolve their target modules on the model itself
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(args)
+    except Exception as err:
+        raise ConfigError(
+            f"training.optim={optim!r} (optim_args={args.optim_args!r}) cannot be used here: {err}"
+        ) from None
 
 
 def _evaluate(model, tokenizer, task, rows, recipe, run_dir: Path, name: str, progress: bool):
@@ -449,7 +536,8 @@ def train_from_recipe(
         "versions": versions(),
     }
     lock = run_lock(run_dir) if main else contextlib.nullcontext()
-    with lock:
+    live: dict[str, Any] = {}  # the trainer, once built: its step goes into a failure record
+    with lock, _outcome_recorded(run_dir, run_info, live, enabled=main):
         before = None
         if main:
             if overwrite:
@@ -483,6 +571,7 @@ def train_from_recipe(
 
             # Without tqdm the Trainer prints every log dict instead; quiet means quiet.
             trainer.remove_callback(PrinterCallback)
+        live["trainer"] = trainer
         say(f"[hf-tsprompt] training into {run_dir} ...")
         checkpoint = str(last_checkpoint(run_dir)) if resume else None
         train_out = trainer.train(resume_from_checkpoint=checkpoint)
@@ -537,6 +626,33 @@ def train_from_recipe(
         figures=figures,
         is_main_process=main,
     )
+
+
+@contextlib.contextmanager
+def _outcome_recorded(
+    run_dir: Path, run_info: dict[str, Any], live: dict[str, Any], *, enabled: bool
+) -> Iterator[None]:
+    """Record a run that stops early in its run.json: ``status: failed`` with the error, or
+    ``interrupted`` (Ctrl-C), and the step it reached; then re-raise. The next ``train`` of
+    the recipe reads it to say what happened and whether ``--resume`` applies. (A killed job
+    cannot record anything: its run.json keeps ``running``, with no job holding the lock.)
+    """
+    try:
+        yield
+    except BaseException as err:
+        if enabled and run_info.get("status") == "running":
+            interrupted = isinstance(err, KeyboardInterrupt)
+            trainer = live.get("trainer")
+            message = " ".join(str(err).split())[:1000]
+            run_info.update(
+                status="interrupted" if interrupted else "failed",
+                error=f"{type(err).__name__}: {message}" if message else type(err).__name__,
+                stopped=time.time(),
+                global_step=int(trainer.state.global_step) if trainer is not None else 0,
+            )
+            with contextlib.suppress(Exception):  # never hide the original error
+                atomic_write_json(run_dir / RUN_FILE, run_info)
+        raise
 
 
 def _inference_baselines(recipe: Recipe) -> list[str]:

@@ -20,7 +20,12 @@ overrides any field (values parsed as YAML: ``--set training.learning_rate=3e-2`
 
 Validation happens here, before any model or dataset is touched: an unknown key, a value of
 the wrong type or a missing local file raises :class:`~hf_tsprompt.errors.ConfigError` /
-:class:`~hf_tsprompt.errors.MissingFileError` naming the key (with a "did you mean").
+:class:`~hf_tsprompt.errors.MissingFileError` naming the key (with a "did you mean"). The
+``training`` section is checked against what transformers and torch accept once training
+starts (read from their source: the optimizer's ranges, positive batch sizes and steps, finite
+numbers, enum choices, scheduler arguments, no options that need an evaluation set), so a bad
+value fails here, not after a model load; what depends on the machine (fp16 without a GPU, a
+missing optimizer or logging package) fails in ``pipeline.training_config``, also before.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,7 +232,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _check_type(where: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against a simple annotation; ints are accepted where floats are."""
+    """Check ``value`` against an annotation (scalars, optionals, ``list[X]``, ``dict``,
+    ``Literal``, classes); ints are accepted where floats are."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
@@ -262,6 +269,16 @@ def _check_type(where: str, value: Any, tp: Any) -> Any:
     elif origin is dict or tp is dict:
         if isinstance(value, dict):
             return value
+    elif origin is list or tp is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp) or (Any,)
+            return [_check_type(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    elif origin is typing.Literal:
+        if any(value is option for option in typing.get_args(tp)):
+            return value
+    elif isinstance(tp, type) and tp is not typing.Any:
+        if isinstance(value, tp):  # e.g. an enum or config class given from Python
+            return value
     else:
         return value
     raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
@@ -285,6 +302,29 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
+#: TrainingArguments fields the pipeline sets itself: where each one belongs instead.
+_TRAINING_OWNED: dict[str, str] = {
+    "output_dir": "training.output_dir is set from the recipe's top-level output_dir; move it "
+    "there.",
+    "seed": "training.seed is set from the recipe's top-level seed (it also seeds the prompt "
+    "init and the data subsets); move it there.",
+    "hub_token": "training.hub_token: never put a token in a recipe (recipes are saved into the "
+    "run folder and pushed). Use `hf auth login` or the HF_TOKEN environment variable.",
+    "push_to_hub": "training.push_to_hub: the Trainer would push bare checkpoints without the "
+    "card; push the finished run with `hf-tsprompt push RUN_DIR --repo-id USER/NAME`.",
+    "resume_from_checkpoint": "training.resume_from_checkpoint: pass --resume to "
+    "`hf-tsprompt train` (it continues from the run folder's last complete checkpoint).",
+    "local_rank": "training.local_rank is set by the launcher (torchrun / accelerate launch) "
+    "for each process; remove it from the recipe.",
+}
+#: Pipeline defaults under the recipe's own training values (see pipeline.training_config).
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "report_to": "none",
+    "logging_steps": 10,
+    "save_strategy": "no",
+}
+
+
 def _check_training(raw: Any) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -296,15 +336,9 @@ def _check_training(raw: Any) -> dict[str, Any]:
     hints = typing.get_type_hints(TrainingArguments)
     out = {}
     for key, value in raw.items():
-        if key == "output_dir":
-            raise ConfigError(
-                "training.output_dir is set from the recipe's top-level output_dir; move it there."
-            )
-        if key == "hub_token":
-            raise ConfigError(
-                f"training.{key}: never put a token in a recipe (recipes are saved into the run "
-                "folder and pushed). Use `hf auth login` or the HF_TOKEN environment variable."
-            )
+        key = str(key)
+        if key in _TRAINING_OWNED:
+            raise ConfigError(_TRAINING_OWNED[key])
         if key.startswith("ts_"):
             raise ConfigError(
                 f"training.{key}: regulariser settings belong in the 'ts' section (ts.{key[3:]})."
@@ -315,19 +349,235 @@ def _check_training(raw: Any) -> dict[str, Any]:
                 f"{_suggest(key, fields)}"
             )
         tp = hints.get(key)
-        out[key] = _check_type(f"training.{key}", value, tp) if _simple(tp) else value
+        out[key] = _check_type(f"training.{key}", value, tp)
     return out
 
 
-def _simple(tp: Any) -> bool:
-    """Annotations we can check cheaply (scalars and optional scalars)."""
-    scalars = (int, float, bool, str)
-    if tp in scalars:
-        return True
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return len(args) == 1 and args[0] in scalars
-    return False
+def _training_value(values: dict[str, Any], key: str) -> Any:
+    """A training field as the Trainer will see it: the recipe's, else the pipeline's
+    default, else TrainingArguments' own default."""
+    if key in values:
+        return values[key]
+    if key in TRAINING_DEFAULTS:
+        return TRAINING_DEFAULTS[key]
+    from transformers import TrainingArguments
+
+    return next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == key)
+
+
+#: Numeric training fields and the values torch / the Trainer accept (read from their source:
+#: torch.optim.AdamW checks lr, eps and betas; DataLoader checks batch_size and num_workers;
+#: the Trainer divides by gradient_accumulation_steps; warmup_steps is a ratio below 1).
+_TRAINING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "learning_rate": (lambda x: x >= 0, ">= 0"),
+    "weight_decay": (lambda x: x >= 0, ">= 0"),
+    "adam_epsilon": (lambda x: x >= 0, ">= 0"),
+    "adam_beta1": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "adam_beta2": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "warmup_steps": (lambda x: x >= 0, ">= 0 (a value below 1 is a ratio of the total steps)"),
+    "num_train_epochs": (lambda x: x >= 0, ">= 0"),
+    "per_device_train_batch_size": (lambda x: x >= 1, ">= 1"),
+    "per_device_eval_batch_size": (lambda x: x >= 1, ">= 1"),
+    "gradient_accumulation_steps": (lambda x: x >= 1, ">= 1"),
+    "max_steps": (lambda x: x == -1 or x >= 1, ">= 1, or -1 to train num_train_epochs epochs"),
+    "logging_steps": (lambda x: x > 0, "> 0 (a value below 1 is a ratio of the total steps)"),
+    "save_steps": (lambda x: x > 0, "> 0 (a value below 1 is a ratio of the total steps)"),
+    "eval_steps": (lambda x: x > 0, "> 0"),
+    "eval_delay": (lambda x: x >= 0, ">= 0"),
+    "eval_accumulation_steps": (lambda x: x >= 1, ">= 1"),
+    "save_total_limit": (lambda x: x >= 0, ">= 0"),
+    "dataloader_num_workers": (lambda x: x >= 0, ">= 0"),
+    "dataloader_prefetch_factor": (lambda x: x >= 1, ">= 1"),
+    "torch_empty_cache_steps": (lambda x: x >= 1, ">= 1"),
+    "neftune_noise_alpha": (lambda x: x > 0, "> 0 (or null for no NEFTune noise)"),
+    "label_smoothing_factor": (
+        lambda x: x == 0,
+        "0 (label smoothing is not supported with soft prompts: the logits include the virtual "
+        "tokens, the labels do not, and the Trainer's label smoother fails on the shapes)",
+    ),
+    "ddp_timeout": (lambda x: x >= 1, ">= 1 (seconds)"),
+    "ddp_bucket_cap_mb": (lambda x: x >= 1, ">= 1"),
+    "data_seed": (lambda x: 0 <= x < 2**32, "in [0, 2**32)"),
+    "max_grad_norm": (lambda x: True, "a finite number (<= 0 turns clipping off)"),
+}
+#: Features that need an evaluation set; hf-tsprompt gives the Trainer none (it scores
+#: accuracy itself: ``evaluation`` and ``topology.evaluate``).
+_NEEDS_EVAL = (
+    "hf-tsprompt trains without an evaluation set (accuracy is scored by the recipe's "
+    "'evaluation' section and, at each barcode, by topology.evaluate)"
+)
+
+
+def _enum_choices(key: str) -> tuple[str, ...]:
+    from transformers import trainer_utils, training_args
+
+    enums = {
+        "lr_scheduler_type": trainer_utils.SchedulerType,
+        "optim": training_args.OptimizerNames,
+        "logging_strategy": trainer_utils.IntervalStrategy,
+        "save_strategy": trainer_utils.SaveStrategy,
+        "eval_strategy": trainer_utils.IntervalStrategy,
+        "hub_strategy": trainer_utils.HubStrategy,
+    }
+    if key in enums:
+        return tuple(str(m.value) for m in enums[key])
+    return tuple(training_args.trainer_log_levels)  # log_level, log_level_replica
+
+
+def _check_training_values(values: dict[str, Any], peft_method: str) -> None:
+    """Refuse what transformers or torch would reject only after the model has loaded.
+
+    ``values`` are the recipe's ``training`` fields, already type-checked. Each error names
+    the key and the accepted values. Checks that depend on this machine (fp16 without a GPU,
+    a reporting integration that is not installed) happen when the pipeline builds the config.
+    """
+    import math
+
+    def bad(key: str, accepted: str) -> ConfigError:
+        return ConfigError(
+            f"training.{key}={values[key]!r} is not accepted; it must be {accepted}."
+        )
+
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            accepted = _TRAINING_RANGES[key][1] if key in _TRAINING_RANGES else ""
+            raise bad(key, f"a finite number {accepted}".strip())
+        if key in _TRAINING_RANGES and value is not None:
+            ok, accepted = _TRAINING_RANGES[key]
+            if not ok(value):
+                raise bad(key, accepted)
+        steps = key in ("logging_steps", "save_steps", "eval_steps") and value is not None
+        if steps and value > 1 and value != int(value):
+            raise bad(key, "a whole number of steps, or a ratio below 1")
+    for key in (
+        "lr_scheduler_type",
+        "optim",
+        "logging_strategy",
+        "save_strategy",
+        "hub_strategy",
+        "eval_strategy",
+        "log_level",
+        "log_level_replica",
+    ):
+        value = values.get(key)
+        if value is None:
+            continue
+        choices = _enum_choices(key)
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(
+                f"training.{key}={value!r} is not allowed; choose one of {', '.join(choices)}."
+                f"{_suggest(str(value), choices)}"
+            )
+    if _training_value(values, "eval_strategy") != "no":
+        raise ConfigError(f"training.eval_strategy must be 'no': {_NEEDS_EVAL}.")
+    for key in ("eval_on_start", "load_best_model_at_end", "do_eval"):
+        if values.get(key):
+            raise ConfigError(f"training.{key} must be false: {_NEEDS_EVAL}.")
+    if _training_value(values, "save_strategy") == "best":
+        raise ConfigError(
+            f"training.save_strategy 'best' needs a metric: {_NEEDS_EVAL}; use "
+            "'steps', 'epoch' or 'no'."
+        )
+    if values.get("lr_scheduler_type") in ("reduce_lr_on_plateau", "greedy"):
+        raise ConfigError(
+            f"training.lr_scheduler_type={values['lr_scheduler_type']!r} steps on an evaluation "
+            f"metric: {_NEEDS_EVAL}; use e.g. linear, cosine or constant."
+        )
+    epochs = _training_value(values, "num_train_epochs")
+    if _training_value(values, "max_steps") == -1 and not epochs > 0:
+        raise ConfigError(
+            f"training.num_train_epochs={epochs!r} with "
+            "max_steps -1 trains nothing; set num_train_epochs > 0 or max_steps >= 1."
+        )
+    if values.get("fp16") and values.get("bf16"):
+        raise ConfigError("training.fp16 and training.bf16 are both true; choose at most one.")
+    workers = _training_value(values, "dataloader_num_workers")
+    for key in ("dataloader_persistent_workers", "dataloader_prefetch_factor"):
+        if values.get(key) and not workers:
+            raise ConfigError(
+                f"training.{key} needs worker processes; set training.dataloader_num_workers "
+                f">= 1 or remove {key}."
+            )
+    if peft_method in ("prefix_tuning", "p_tuning_v2") and (
+        values.get("gradient_checkpointing") or values.get("activation_checkpointing")
+    ):
+        raise ConfigError(
+            f"training.gradient_checkpointing does not work with peft.method={peft_method!r}: "
+            "the prefix enters every layer as a key/value cache, which checkpointed layers do "
+            "not accept. Set it to false, or use prompt_tuning or p_tuning."
+        )
+    _check_optim_args(values.get("optim_args"))
+    _check_scheduler_kwargs(
+        str(_training_value(values, "lr_scheduler_type")), values.get("lr_scheduler_kwargs")
+    )
+
+
+def _check_optim_args(text: Any) -> None:
+    """``optim_args`` is parsed by the Trainer as ``key=value,key=value``."""
+    if text is None:
+        return
+    if not isinstance(text, str) or any(
+        "=" not in part or not part.split("=", 1)[0].strip() for part in text.split(",")
+    ):
+        raise ConfigError(
+            f"training.optim_args={text!r} is not accepted; it must be a string "
+            "'key=value,key=value' of extra optimizer arguments (e.g. 'momentum=0.9')."
+        )
+
+
+def _check_scheduler_kwargs(name: str, kwargs: Any) -> None:
+    """The scheduler's extra arguments against its function's signature (what get_scheduler
+    passes them to): unknown ones raise TypeError there, missing required ones too."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from transformers.trainer_utils import SchedulerType
+
+    if kwargs is None:
+        kwargs = {}
+    if isinstance(kwargs, str):
+        import json
+
+        try:
+            kwargs = json.loads(kwargs) if kwargs.strip().startswith("{") else None
+        except json.JSONDecodeError:
+            kwargs = None
+    if not isinstance(kwargs, dict):
+        raise ConfigError(
+            "training.lr_scheduler_kwargs must be a mapping of the scheduler's extra "
+            f"arguments, got {kwargs!r}."
+        )
+    func = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]
+    fixed = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}
+    params = {
+        n: p
+        for n, p in inspect.signature(func).parameters.items()
+        if n not in fixed and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+    if name in ("constant", "constant_with_warmup"):
+        params = {}  # get_scheduler passes these no extra arguments
+    accepted = ", ".join(params) or "none"
+    for key in kwargs:
+        if key not in params:
+            raise ConfigError(
+                f"training.lr_scheduler_kwargs.{key} is not an argument of the {name!r} "
+                f"scheduler; its arguments: {accepted}.{_suggest(str(key), params)}"
+            )
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
+    if missing:
+        raise ConfigError(
+            f"training.lr_scheduler_type={name!r} needs training.lr_scheduler_kwargs."
+            f"{missing[0]} (its arguments: {accepted})."
+        )
+    if (
+        name.startswith("cosine")
+        and "min_lr" in name
+        and not (kwargs.get("min_lr") is not None or kwargs.get("min_lr_rate") is not None)
+    ):
+        raise ConfigError(
+            f"training.lr_scheduler_type={name!r} needs training.lr_scheduler_kwargs.min_lr or "
+            ".min_lr_rate (the floor of the learning rate)."
+        )
 
 
 def _get_path(recipe: Recipe, dotted: str) -> Any:
@@ -352,6 +602,8 @@ def _validate_values(recipe: Recipe) -> None:
     for dotted in _NON_NEGATIVE:
         if _get_path(recipe, dotted) < 0:
             raise ConfigError(f"{dotted} must be >= 0, got {_get_path(recipe, dotted)}.")
+    if recipe.seed >= 2**32:
+        raise ConfigError(f"seed must be below 2**32 (torch's limit), got {recipe.seed}.")
     if recipe.peft.num_virtual_tokens < 3:
         raise ConfigError(
             "peft.num_virtual_tokens must be >= 3 (a point cloud needs 3 points for topology), "
@@ -413,6 +665,7 @@ def recipe_from_dict(raw: Any, *, base_dir: str | Path = ".") -> Recipe:
     base = Path(base_dir)
     recipe = Recipe(base_dir=str(base), **kwargs)
     _validate_values(recipe)
+    _check_training_values(recipe.training, recipe.peft.method)
     recipe.data.source = _resolve_local(base, recipe.data.source)
     recipe.model.name_or_path = _resolve_local(base, recipe.model.name_or_path) or ""
     if recipe.output_dir is not None:

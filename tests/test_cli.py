@@ -115,6 +115,13 @@ def test_existing_run_is_refused_then_overwritten(assets, tmp_path, capsys, monk
     [
         ("ts.wieght=1", "unknown key ts.wieght"),
         ("training.max_steps=ten", "training.max_steps must be int"),
+        # issue 18: torch rejected these only after the model loaded and evaluated
+        ("training.learning_rate=-1", "training.learning_rate=-1.0 is not accepted"),
+        ("training.per_device_train_batch_size=0", "per_device_train_batch_size=0 is not"),
+        ("training.gradient_accumulation_steps=0", "must be >= 1"),
+        ("training.warmup_steps=.nan", "must be a finite number >= 0"),
+        ("training.eval_strategy=steps", "training.eval_strategy must be 'no'"),
+        ("training.fp16=true", "training.fp16 needs a CUDA GPU"),
         ("peft.method=lora", "peft.method='lora' is not allowed"),
         ("data.source=./missing/train.jsonl", "does not exist"),
         ("model.name_or_path=./no-such-model", "does not exist"),
@@ -193,3 +200,79 @@ def test_a_callers_own_process_group_survives_main(tmp_path, capsys):
     finally:
         dist.destroy_process_group()
     assert "does not exist" in capsys.readouterr().err
+
+
+def _run_json(run: Path) -> dict:
+    return json.loads((run / "run.json").read_text())
+
+
+def test_a_run_that_fails_mid_training_says_so_and_the_next_train_explains(
+    assets, tmp_path, capsys, monkeypatch
+):
+    """A value that only shows at run time (a learning rate so large the prompt diverges)
+    leaves run.json ``failed`` with the error; the next ``train`` says so and what applies."""
+    _, model_dir, data_dir = assets
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(tmp_path, model_dir, data_dir, evaluation={"before": False})
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        main(["train", str(recipe), "--quiet", "--set", "training.learning_rate=1e30"])
+    info = _run_json(tmp_path / "runs" / "recipe")
+    assert info["status"] == "failed" and "NaN or Inf" in info["error"]
+    assert info["error"].startswith("ValueError: ") and 0 < info["global_step"] < 4
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--quiet"]) == EXIT_USER_ERROR
+    err = " ".join(capsys.readouterr().err.split())
+    assert "previous run" in err and "failed at step" in err and "NaN or Inf" in err
+    assert "--overwrite" in err and "--resume does not apply" in err and "Traceback" not in err
+    assert main(["train", str(recipe), "--quiet", "--overwrite"]) == 0
+    info = _run_json(tmp_path / "runs" / "recipe")
+    assert info["status"] == "finished" and "error" not in info
+
+
+def test_ctrl_c_is_recorded_and_resume_is_offered(assets, tmp_path, capsys, monkeypatch):
+    """SIGINT during training (a real signal, as Ctrl-C sends) leaves run.json
+    ``interrupted``; the next ``train`` offers --resume from the saved checkpoint, which
+    finishes the run."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    from hf_tsprompt.pipeline import train_from_recipe
+    from hf_tsprompt.recipes import load_recipe
+
+    _, model_dir, data_dir = assets
+    monkeypatch.chdir(tmp_path)
+    path = _recipe(
+        tmp_path,
+        model_dir,
+        data_dir,
+        training={
+            "max_steps": 4,
+            "per_device_train_batch_size": 2,
+            "learning_rate": 0.05,
+            "save_strategy": "steps",
+            "save_steps": 2,
+        },
+        evaluation={"before": False, "after": False},
+    )
+
+    class CtrlC(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_from_recipe(
+            load_recipe(path), progress=False, log=lambda _m: None, extra_callbacks=[CtrlC()]
+        )
+    run = tmp_path / "runs" / "recipe"
+    info = _run_json(run)
+    assert info["status"] == "interrupted" and info["global_step"] == 3
+    assert main(["train", str(path), "--quiet"]) == EXIT_USER_ERROR
+    err = " ".join(capsys.readouterr().err.split())
+    assert "was interrupted (Ctrl-C) at step 3" in err
+    assert "--resume to continue from checkpoint-2" in err and "--overwrite" in err
+    assert main(["train", str(path), "--quiet", "--resume"]) == 0
+    info = _run_json(run)
+    assert info["status"] == "finished" and info["global_step"] == 4
