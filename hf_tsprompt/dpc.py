@@ -65,7 +65,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .calibration import AttentionRecord, attention_hooks
+from .attention import AttentionRecord, attention_hooks, base_model, layer_head_counts
 from .errors import ConfigError
 
 __all__ = [
@@ -177,9 +177,7 @@ def _prompt_learning(model: nn.Module) -> tuple[Any, str, Any]:
 
 
 def _num_layers(model: nn.Module) -> int:
-    from .calibration import _base_model, _shape
-
-    return _shape(_base_model(model))[0]
+    return layer_head_counts(base_model(model))[0]
 
 
 def _layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:

@@ -1,17 +1,45 @@
-"""Crash-safe file writes: a reader never sees a half-written file.
+"""Crash-safe file writes and the one inter-process file lock.
 
 Every file the library writes into a run folder goes through :func:`atomic_write_bytes` (write
 a temporary sibling, flush, fsync, ``os.replace``) or :func:`append_line` (one complete line
 per ``write``, fsynced; readers skip a torn last line, see ``records.read_records``).
+
+:func:`file_lock` / :func:`lock_holder` are the library's one advisory lock between processes
+(POSIX ``flock`` on a lock file): the embedded-model cache serialises conversions with it, and
+it records the holder's pid for locks whose refusal should name who holds them (a run folder's
+``.lock``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; see file_lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "FILE_LOCKS",
+    "append_line",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "file_lock",
+    "lock_holder",
+    "read_json_dict",
+]
+
+FILE_LOCKS = fcntl is not None
+"""Whether this platform has the advisory locks :func:`file_lock` takes (``fcntl.flock``).
+Without them (Windows) :func:`file_lock` runs its block unlocked and :func:`lock_holder` says
+nobody holds a lock: callers must stay correct, if less tidy, without one."""
 
 
 def _file_mode(path: Path) -> int:
@@ -74,3 +102,61 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         fh.write((line + "\n").encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: str | os.PathLike, *, blocking: bool = True, record_pid: bool = False
+) -> Iterator[bool]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block; yields
+    whether it was acquired (always True when ``blocking``; False when another holder has it).
+
+    The lock belongs to the open file, so the OS drops it when the holder exits in any way,
+    SIGKILL included: a crashed process never leaves a stale lock. Two ``file_lock`` blocks on
+    one path exclude each other also inside one process (each opens the file anew).
+    ``record_pid`` writes this process's id into the file once the lock is held, so that
+    :func:`lock_holder` can name the holder in an error message. Where :data:`FILE_LOCKS` is
+    False the block runs unlocked and True is yielded. The lock file itself is left in place:
+    deleting it would let a waiter lock a file that a newcomer no longer sees.
+    """
+    if fcntl is None:
+        yield True
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            if record_pid:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """Who holds the :func:`file_lock` on ``path``: the pid it recorded (``"?"`` when it
+    recorded none), or None when the lock is free or the file does not exist. Only a probe,
+    so the answer can be stale at once; to act on a free lock, take it with ``file_lock``."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            return text or "?"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib.util
 import io
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import hf_tsprompt.data as data_package
 from hf_tsprompt.data import (
     IGNORE_INDEX,
     TASKS,
@@ -797,3 +799,31 @@ def test_single_split_subsets_are_disjoint():
     assert load_subsets("bbh", folder, seed=0) == (train, test)
     other_train, _ = load_subsets("bbh", folder, seed=1)
     assert other_train != train
+
+
+# ------------------------------------------------------------------------------------------
+# the package: one concept per module, every name re-exported
+# ------------------------------------------------------------------------------------------
+
+
+def test_package_re_exports_every_module_name_and_imports_point_one_way():
+    modules = ("answers", "tasks", "loading", "features")
+    exported = set()
+    for name in modules:
+        module = importlib.import_module(f"hf_tsprompt.data.{name}")
+        assert module.__doc__ and module.__all__, name
+        for symbol in module.__all__:
+            assert getattr(data_package, symbol) is getattr(module, symbol), (name, symbol)
+        exported |= set(module.__all__)
+    assert set(data_package.__all__) == exported
+    # answers <- tasks <- loading, features: no module imports one to its right.
+    allowed = {"answers": set(), "tasks": {"answers"}, "loading": {"tasks"}, "features": {"tasks"}}
+    for name in modules:
+        tree = ast.parse(Path(data_package.__file__).with_name(f"{name}.py").read_text())
+        imported = {
+            node.module.rsplit(".", 1)[-1]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("hf_tsprompt.data.")
+        }
+        assert imported <= allowed[name], (name, imported)

@@ -1,19 +1,27 @@
-"""Crash-safe writes (hf_tsprompt.fsutil)."""
+"""Crash-safe writes and the inter-process file lock (hf_tsprompt.fsutil)."""
 
 from __future__ import annotations
 
 import json
 import os
 import stat
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from hf_tsprompt.fsutil import (
+    FILE_LOCKS,
     append_line,
     atomic_write_json,
     atomic_write_text,
+    file_lock,
+    lock_holder,
     read_json_dict,
 )
+
+from procs import start_process
 
 
 def test_atomic_write_replaces_whole_files_with_a_normal_mode(tmp_path):
@@ -48,3 +56,55 @@ def test_append_line_and_read_json_dict(tmp_path):
     assert read_json_dict(tmp_path / "list.json") == {}
     (tmp_path / "bad.json").write_text("{")
     assert read_json_dict(tmp_path / "bad.json") == {}
+
+
+needs_locks = pytest.mark.skipif(not FILE_LOCKS, reason="this platform has no fcntl.flock")
+
+
+@needs_locks
+def test_file_lock_excludes_a_second_holder_until_released(tmp_path):
+    path = tmp_path / ".lock"
+    assert lock_holder(path) is None  # no file yet
+    with file_lock(path) as first:
+        assert first is True
+        # A second open of the file is a second holder, even in this process.
+        with file_lock(path, blocking=False) as second:
+            assert second is False
+        assert lock_holder(path) == "?"  # held, but no pid recorded
+    assert lock_holder(path) is None
+    with file_lock(path, blocking=False) as again:
+        assert again is True
+    assert path.read_bytes() == b""  # the lock alone writes nothing into the file
+
+
+@needs_locks
+def test_file_lock_names_its_holder_and_dies_with_it(tmp_path):
+    """Another process holds the lock with its pid: we are refused and told its pid; once it
+    is killed (SIGKILL, no cleanup) the OS has released the lock."""
+    path = tmp_path / ".lock"
+    path.write_text("12345 stale text from an earlier holder")
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from hf_tsprompt.fsutil import file_lock
+        with file_lock({str(path)!r}, record_pid=True) as held:
+            print("held" if held else "refused", flush=True)
+            time.sleep(120)
+        """
+    )
+    child = start_process([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        assert lock_holder(path) == str(child.pid)
+        assert path.read_text() == str(child.pid)  # the stale text was replaced, not appended
+        with file_lock(path, blocking=False, record_pid=True) as acquired:
+            assert acquired is False
+        assert path.read_text() == str(child.pid)  # a refused caller writes nothing
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert lock_holder(path) is None
+    with file_lock(path, blocking=False, record_pid=True) as acquired:
+        assert acquired is True
+        assert lock_holder(path) is not None  # a probe from this process sees the new holder
+        assert path.read_text() == str(os.getpid())
