@@ -182,7 +182,8 @@ def _previous_run_message(run_dir: Path) -> str:
     resume = f"--resume to continue from {ckpt.name}, " if ckpt is not None else ""
     new = "or --set output_dir=... for a new folder."
     if status == "failed":
-        what = f"the previous run in {run_dir} failed{at}: {info.get('error', 'unknown error')}."
+        error = str(info.get("error") or "unknown error").rstrip(".")
+        what = f"the previous run in {run_dir} failed{at}: {error}."
     elif status == "interrupted":
         what = f"the previous run in {run_dir} was interrupted (Ctrl-C){at}."
     elif status == "running":
@@ -196,9 +197,12 @@ def _previous_run_message(run_dir: Path) -> str:
             f"run folder {run_dir} already holds a run. Pass --overwrite to replace it, "
             f"{resume or '--resume to continue from its last checkpoint, '}{new}"
         )
-    if not ckpt:
-        resume = "(--resume does not apply: it saved no checkpoint), "
-    return f"{what} Pass --overwrite to start it again {resume}{new}"
+    if ckpt is None:
+        return (
+            f"{what} Pass --overwrite to start it again (--resume does not apply: it saved no "
+            f"checkpoint), {new}"
+        )
+    return f"{what} Pass {resume}--overwrite to start it again, {new}"
 
 
 def _complete_checkpoint(path: Path) -> bool:
