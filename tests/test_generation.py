@@ -10,7 +10,6 @@ decoder can agree with the right one by accident); every test checks that the tr
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
@@ -19,6 +18,7 @@ import torch
 from hf_tsprompt import generation
 from hf_tsprompt.evaluation import greedy_prompt_learning
 
+from procs import run_process
 from tiny import tiny_llama, tiny_tokenizer
 
 METHODS = ["prompt", "p-tuning", "prefix"]
@@ -247,10 +247,9 @@ print(active, hasattr(method, "__wrapped__"), len(hooks), reason)
 """
 
 
+@pytest.mark.slow
 def test_importing_hf_tsprompt_fixes_peft_imported_later():
-    done = subprocess.run(
-        [sys.executable, "-c", _FRESH], capture_output=True, text=True, timeout=300, check=False
-    )
+    done = run_process([sys.executable, "-c", _FRESH], timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     active, wrapped, hooks, reason = done.stdout.split(maxsplit=3)
     assert hooks == "0", "the import hook removes itself once it has fired"
@@ -258,6 +257,7 @@ def test_importing_hf_tsprompt_fixes_peft_imported_later():
     assert (active, wrapped) == (str(needed), str(needed)), reason
 
 
+@pytest.mark.slow
 def test_generation_speed_bench_quick(tmp_path, tiny_model_dir):
     """``bench/generation_speed.py --quick`` runs and writes its documented fields."""
     import json
