@@ -369,7 +369,8 @@ def _training_value(values: dict[str, Any], key: str) -> Any:
 #: torch.optim.AdamW checks lr, eps and betas; DataLoader checks batch_size and num_workers;
 #: the Trainer divides by gradient_accumulation_steps; warmup_steps is a ratio below 1).
 _TRAINING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "learning_rate": (lambda x: x >= 0, ">= 0"),
+    # torch accepts lr = 0, but the prompt would never move: the issue-18 rule, zero refused.
+    "learning_rate": (lambda x: x > 0, "> 0 (at 0 the prompt never moves)"),
     "weight_decay": (lambda x: x >= 0, ">= 0"),
     "adam_epsilon": (lambda x: x >= 0, ">= 0"),
     "adam_beta1": (lambda x: 0 <= x < 1, "in [0, 1)"),

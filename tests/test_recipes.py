@@ -93,7 +93,8 @@ def test_relative_paths_resolve_against_the_recipe_folder(tmp_path, monkeypatch)
         ({"peft": {"init": "text"}}, "init_text is empty"),
         ({"seed": 2**32}, "seed must be below 2"),
         # issue 18: values transformers / torch accepted here and refused after the model loaded
-        ({"training": {"learning_rate": -1}}, r"training.learning_rate=-1.0 .* must be >= 0"),
+        ({"training": {"learning_rate": -1}}, r"training.learning_rate=-1.0 .* must be > 0"),
+        ({"training": {"learning_rate": 0}}, r"training.learning_rate=0.0 .* must be > 0"),
         ({"training": {"learning_rate": float("nan")}}, "learning_rate=nan .* finite number"),
         ({"training": {"adam_beta2": 1}}, r"training.adam_beta2=1.0 .* in \[0, 1\)"),
         ({"training": {"per_device_train_batch_size": 0}}, "batch_size=0 .* must be >= 1"),
