@@ -262,10 +262,16 @@ def test_ctrl_c_is_recorded_and_resume_is_offered(assets, tmp_path, capsys, monk
             if state.global_step == 3:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        train_from_recipe(
-            load_recipe(path), progress=False, log=lambda _m: None, extra_callbacks=[CtrlC()]
-        )
+    # Python raises KeyboardInterrupt on SIGINT only if SIGINT was not ignored when it started;
+    # a shell starts background jobs (`pytest &`, nohup) with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_from_recipe(
+                load_recipe(path), progress=False, log=lambda _m: None, extra_callbacks=[CtrlC()]
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     run = tmp_path / "runs" / "recipe"
     info = _run_json(run)
     assert info["status"] == "interrupted" and info["global_step"] == 3
