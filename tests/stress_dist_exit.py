@@ -51,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from procs import kill_tree  # noqa: E402
+from tiny import write_dist_cli_recipe  # noqa: E402
 
 
 def _free_port() -> int:
@@ -65,30 +66,6 @@ def _busy_loops(n: int) -> list[subprocess.Popen]:
         subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
         for _ in range(n)
     ]
-
-
-def _cli_recipe(root: Path) -> Path:
-    import yaml
-
-    from tiny import save_tiny_model, write_tiny_gsm8k
-
-    model_dir = save_tiny_model(root / "model")
-    data_dir = write_tiny_gsm8k(root / "data")
-    recipe = root / "dist.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "output_dir": str(root / "run"),
-                "model": {"name_or_path": str(model_dir)},
-                "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 4, "test_size": 2},
-                "peft": {"num_virtual_tokens": 5},
-                "topology": {"every_n_steps": 1, "evaluate": "none"},
-                "training": {"max_steps": 2, "per_device_train_batch_size": 2},
-                "evaluation": {"batch_size": 2, "max_new_tokens": 4},
-            }
-        )
-    )
-    return recipe
 
 
 def _last_write(folder: Path) -> float:
@@ -164,7 +141,7 @@ def main() -> int:
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
-    recipe = _cli_recipe(work) if args.job == "cli" else None
+    recipe = write_dist_cli_recipe(work) if args.job == "cli" else None
     loops = _busy_loops(args.load)
     rows = []
     try:

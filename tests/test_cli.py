@@ -13,16 +13,13 @@ from hf_tsprompt.cli import EXIT_USER_ERROR, main
 from hf_tsprompt.records import read_records
 
 from procs import run_process
-from tiny import TINY_HUB_ID, save_tiny_model, write_tiny_gsm8k
+from tiny import TINY_HUB_ID, save_tiny_hub_model, write_tiny_gsm8k
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    model_dir = save_tiny_model(root / "model")
-    cfg = json.loads((model_dir / "config.json").read_text())
-    cfg["_name_or_path"] = TINY_HUB_ID
-    (model_dir / "config.json").write_text(json.dumps(cfg))
+    model_dir = save_tiny_hub_model(root / "model")
     data_dir = write_tiny_gsm8k(root / "data")
     return root, model_dir, data_dir
 

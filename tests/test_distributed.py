@@ -15,12 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hf_tsprompt.records import read_records
 
 from procs import run_process
-from tiny import TINY_HUB_ID, save_tiny_model, write_tiny_gsm8k
+from tiny import TINY_HUB_ID, write_dist_cli_recipe
 
 HERE = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -121,22 +120,8 @@ def test_teardown_in_the_deadlocking_order_still_exits(tmp_path):
 
 @pytest.mark.slow
 def test_cli_under_torchrun(tmp_path):
-    model_dir = save_tiny_model(tmp_path / "model")
-    data_dir = write_tiny_gsm8k(tmp_path / "data")
-    recipe = tmp_path / "dist.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "output_dir": str(tmp_path / "run"),
-                "model": {"name_or_path": str(model_dir)},
-                "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 4, "test_size": 2},
-                "peft": {"num_virtual_tokens": 5},
-                "topology": {"every_n_steps": 1, "evaluate": "none"},
-                "training": {"max_steps": 2, "per_device_train_batch_size": 2},
-                "evaluation": {"batch_size": 2, "max_new_tokens": 4},
-            }
-        )
-    )
+    recipe = write_dist_cli_recipe(tmp_path)
+    model_dir = tmp_path / "model"
     report = tmp_path / "report"
     args = (str(HERE / "dist_cli.py"), str(report), "train", str(recipe), "--quiet")
     result = _torchrun(2, *args, timeout=CLI_JOB_TIMEOUT)

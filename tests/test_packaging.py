@@ -42,7 +42,7 @@ import tomllib
 from packaging.requirements import Requirement
 
 from procs import run_process
-from tiny import TINY_HUB_ID, save_tiny_model, write_tiny_gsm8k
+from tiny import TINY_HUB_ID, save_tiny_hub_model, tiny_recipe, write_tiny_gsm8k
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -209,21 +209,9 @@ print(json.dumps({"equal": torch.equal(weight, expected), "shape": list(weight.s
 
 
 def _recipe(root: Path) -> Path:
-    model_dir = save_tiny_model(root / "tiny-model")
-    cfg = json.loads((model_dir / "config.json").read_text())
-    cfg["_name_or_path"] = TINY_HUB_ID
-    (model_dir / "config.json").write_text(json.dumps(cfg))
+    model_dir = save_tiny_hub_model(root / "tiny-model")
     data_dir = write_tiny_gsm8k(root / "gsm8k")
-    recipe = {
-        "name": "wheel-run",
-        "output_dir": str(root / "run"),
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 4, "test_size": 4},
-        "peft": {"num_virtual_tokens": 6},
-        "topology": {"every_n_steps": 2, "evaluate": "none"},
-        "training": {"max_steps": 4, "per_device_train_batch_size": 2, "learning_rate": 0.05},
-        "evaluation": {"batch_size": 4, "max_new_tokens": 4},
-    }
+    recipe = tiny_recipe(model_dir, data_dir, name="wheel-run", output_dir=str(root / "run"))
     path = root / "recipe.yaml"
     path.write_text(json.dumps(recipe))  # JSON is YAML
     return path

@@ -39,7 +39,7 @@ from hf_tsprompt.errors import ConfigError
 from hf_tsprompt.pipeline import load_data, training_config
 from hf_tsprompt.recipes import recipe_from_dict
 
-from tiny import save_tiny_model, tiny_llama, tiny_tokenizer, write_tiny_gsm8k
+from tiny import save_tiny_model, tiny_llama, tiny_recipe, tiny_tokenizer, write_tiny_gsm8k
 
 #: About 0.05 s per refused section, 0.5-1 s per one that trains (on a busy 2-core machine).
 PROPERTY = settings(
@@ -103,20 +103,18 @@ def tiny(tmp_path_factory):
 
 def _raw(tiny: tuple[Path, Path, Path], training: dict[str, Any]) -> dict[str, Any]:
     root, model_dir, data_dir = tiny
-    return {
-        "name": "prop",
-        "output_dir": str(root / "run"),
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 2, "test_size": 1},
-        "peft": {"num_virtual_tokens": 3},
-        "topology": {"every_n_steps": 1, "evaluate": "none"},
-        "training": {
-            "max_steps": 2,
-            "per_device_train_batch_size": 2,
-            "learning_rate": 0.05,
-            **training,
-        },
-    }
+    raw = tiny_recipe(
+        model_dir,
+        data_dir,
+        name="prop",
+        output_dir=str(root / "run"),
+        data={"train_size": 2, "test_size": 1},
+        peft={"num_virtual_tokens": 3},
+        topology={"every_n_steps": 1},
+        training={"max_steps": 2, **training},
+    )
+    del raw["evaluation"]  # the recipe's own evaluation defaults, as drawn sections expect
+    return raw
 
 
 class _StopAfterOneStep(TrainerCallback):

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -118,44 +119,90 @@ def write_tiny_gsm8k(folder: str | Path, n_train: int = 12, n_test: int = 8) -> 
     return folder
 
 
+def save_tiny_hub_model(folder: str | Path, seed: int = 0) -> Path:
+    """:func:`save_tiny_model` whose config names :data:`TINY_HUB_ID` as the model, so a run
+    folder, card or ``run.json`` names a Hub id rather than a temporary path."""
+    import json
+
+    model_dir = save_tiny_model(folder, seed=seed)
+    cfg_path = model_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["_name_or_path"] = TINY_HUB_ID
+    cfg_path.write_text(json.dumps(cfg))
+    return model_dir
+
+
+def tiny_recipe(model_dir: str | Path, data_dir: str | Path, **sections: Any) -> dict[str, Any]:
+    """A recipe mapping for the tiny model on tiny GSM8K (4 training / 4 test rows, 6 virtual
+    tokens, barcodes every 2 steps, 4 steps of batch 2 at lr 0.05). Each keyword updates that
+    section (a mapping) or replaces that top-level value (``name``, ``output_dir``, ...)."""
+    raw: dict[str, Any] = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 4, "test_size": 4},
+        "peft": {"num_virtual_tokens": 6},
+        "topology": {"every_n_steps": 2, "evaluate": "none"},
+        "training": {"max_steps": 4, "per_device_train_batch_size": 2, "learning_rate": 0.05},
+        "evaluation": {"batch_size": 4, "max_new_tokens": 4},
+    }
+    return merge_sections(raw, sections)
+
+
+def merge_sections(raw: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
+    """Update ``raw`` in place: a mapping updates that section, anything else replaces it."""
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    return raw
+
+
+def write_dist_cli_recipe(root: Path) -> Path:
+    """The 2-step tiny recipe that ``hf-tsprompt train`` runs under torchrun, in
+    ``test_distributed.py`` and in the by-hand ``stress_dist_exit.py``; returns its path."""
+    import yaml
+
+    model_dir = save_tiny_model(root / "model")
+    data_dir = write_tiny_gsm8k(root / "data")
+    recipe = root / "dist.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(root / "run"),
+                "model": {"name_or_path": str(model_dir)},
+                "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 4, "test_size": 2},
+                "peft": {"num_virtual_tokens": 5},
+                "topology": {"every_n_steps": 1, "evaluate": "none"},
+                "training": {"max_steps": 2, "per_device_train_batch_size": 2},
+                "evaluation": {"batch_size": 2, "max_new_tokens": 4},
+            }
+        )
+    )
+    return recipe
+
+
 def make_tiny_run(root: str | Path, **recipe_overrides):
     """Train a complete run folder with the real pipeline on the tiny model (about 15 s).
 
     The base model folder records ``TINY_HUB_ID`` as its name, so cards name a Hub id.
     Returns ``(run_dir, model_dir, recipe)``.
     """
-    import json
-
     from hf_tsprompt.pipeline import train_from_recipe
     from hf_tsprompt.recipes import recipe_from_dict
 
     root = Path(root)
-    model_dir = save_tiny_model(root / "tiny-model")
-    cfg_path = model_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["_name_or_path"] = TINY_HUB_ID
-    cfg_path.write_text(json.dumps(cfg))
+    model_dir = save_tiny_hub_model(root / "tiny-model")
     data_dir = write_tiny_gsm8k(root / "gsm8k")
-    raw = {
-        "name": "tiny-run",
-        "output_dir": str(root / "run"),
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 4, "test_size": 4},
-        "peft": {"num_virtual_tokens": 6},
-        "topology": {"every_n_steps": 2, "evaluate": "train"},
-        "training": {
-            "max_steps": 4,
-            "per_device_train_batch_size": 2,
-            "learning_rate": 0.05,
-            "logging_steps": 1,
-        },
-        "evaluation": {"batch_size": 4, "max_new_tokens": 6},
-    }
-    for section, values in recipe_overrides.items():
-        if isinstance(values, dict):
-            raw.setdefault(section, {}).update(values)
-        else:
-            raw[section] = values
+    raw = tiny_recipe(
+        model_dir,
+        data_dir,
+        name="tiny-run",
+        output_dir=str(root / "run"),
+        topology={"evaluate": "train"},
+        training={"logging_steps": 1},
+        evaluation={"max_new_tokens": 6},
+    )
+    merge_sections(raw, recipe_overrides)
     recipe = recipe_from_dict(raw, base_dir=root)
     train_from_recipe(recipe, progress=False, log=lambda _msg: None)
     return root / "run", model_dir, recipe
