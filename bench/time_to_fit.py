@@ -633,8 +633,6 @@ def main(argv: list[str] | None = None) -> int:
         scale_models = [model_name]
     extra: dict[str, Any] = {"device": args.device}
     json_file = args.out / "time_to_fit.json"
-    if json_file.is_file():
-        extra["scale"] = json.loads(json_file.read_text()).get("scale")
 
     stages = ["tune", "primary", "scale"] if args.quick else [args.stage]
     if args.report_only:
@@ -706,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     meta["load"] = load.summary()
+    if "scale" not in extra and json_file.is_file():
+        # Read at the end, not the start: another stage may have measured it meanwhile.
+        extra["scale"] = json.loads(json_file.read_text()).get("scale")
     res = build_result(read_runs(runs_file), meta, extra, d)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(json_file, res)
