@@ -515,7 +515,6 @@ def plot_evolution(
     loaded = _load_runs(runs, _run_labels(runs, labels), "evolution", min_snapshots=3)
     if not loaded:
         return _skip("evolution", "no run has three or more snapshots (two distances)")
-    multi = len(loaded) > 1
     series = (("h0", "H0", "-"), ("h1", "H1", "--"))
     with rc_context(STYLE):
         fig, axes = _figure(2, (5.0, 3.8), max_cols=2)
@@ -535,11 +534,22 @@ def plot_evolution(
             ax.set_title(f"{title} to the previous snapshot")
             _step_axis(ax)
             ax.set_ylabel("distance (prompt-vector units)")
-        handles = [_style_handle(name, ls, "o") for _, name, ls in series]
-        _fig_legend(fig, (_run_handles(loaded) if multi else []) + handles)
-        name = loaded[0][0] if not multi else f"{len(loaded)} runs"
-        fig.suptitle(f"Structural evolution of the diagrams: {name}")
-        return [_save(fig, out_dir, "evolution.png")]
+        return _finish_series_figure(
+            fig, loaded, series, "Structural evolution of the diagrams", out_dir, "evolution.png"
+        )
+
+
+def _finish_series_figure(
+    fig: Any, loaded: list, series: list, title: str, out_dir: Path, filename: str
+) -> list[Path]:
+    """Legend (runs when several, then one line style per series), title naming the run(s),
+    save: the common end of the figures that overlay several series per run."""
+    multi = len(loaded) > 1
+    handles = [_style_handle(name, ls, "o") for _, name, ls in series]
+    _fig_legend(fig, (_run_handles(loaded) if multi else []) + handles)
+    name = loaded[0][0] if not multi else f"{len(loaded)} runs"
+    fig.suptitle(f"{title}: {name}")
+    return [_save(fig, out_dir, filename)]
 
 
 def plot_density(
@@ -557,7 +567,6 @@ def plot_density(
     loaded = _load_runs(runs, _run_labels(runs, labels), "density", min_snapshots=2)
     if not loaded:
         return _skip("density", "no run has two or more topology snapshots")
-    multi = len(loaded) > 1
     series = (("h1_density", "H1 density", "-"), ("point_density", "point density", "--"))
     # (colour, linestyle, steps, % change from the first snapshot)
     relative: list[tuple[Any, str, np.ndarray, np.ndarray]] = []
@@ -594,11 +603,9 @@ def plot_density(
             ax.set_title("both, relative to the first snapshot")
             _step_axis(ax)
             ax.set_ylabel("change from first snapshot (%)")
-        handles = [_style_handle(name, ls, "o") for _, name, ls in series]
-        _fig_legend(fig, (_run_handles(loaded) if multi else []) + handles)
-        name = loaded[0][0] if not multi else f"{len(loaded)} runs"
-        fig.suptitle(f"H1 density vs point-cloud density: {name}")
-        return [_save(fig, out_dir, "density.png")]
+        return _finish_series_figure(
+            fig, loaded, series, "H1 density vs point-cloud density", out_dir, "density.png"
+        )
 
 
 # -- prompt geometry (Figs. 7, 8, 9) ----------------------------------------------------------
