@@ -17,26 +17,342 @@ autograd graph, the vectors the base model actually receives:
   figures mean the same thing for every method; distances then sum the per-layer squared
   distances, i.e. a virtual token's distance to another is taken across its whole prefix.
 
+Each method is one :class:`PromptMethod` entry of one table (its peft config, how P is read,
+whether P lives in the vocabulary's embedding space, its model-card label, ...), keyed by the
+recipe's ``peft.method`` name; every other module reads method facts from that table
+(:func:`get_prompt_method`, :func:`method_of`) instead of comparing peft type strings.
+
 Wrappers (DDP, DeepSpeed, ``accelerate``) are unwrapped through their ``.module``.
+
+torch and peft are imported inside the functions that use them: the table is read by the
+recipe checker, the model-card writer and ``import hf_tsprompt``'s generate fix, which must
+stay fast.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-import torch
-from torch import nn
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 
-PromptMethod = Literal["prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2"]
-PROMPT_METHODS: tuple[str, ...] = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2")
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+__all__ = [
+    "PROMPT_INITS",
+    "PromptCapture",
+    "PromptMethod",
+    "build_peft_config",
+    "full_prompt_matrix",
+    "get_prompt_method",
+    "get_prompt_model",
+    "get_prompt_peft_model",
+    "init_prompt_",
+    "is_sharded",
+    "method_of",
+    "peft_type_name",
+    "prompt_matrix",
+    "prompt_method_names",
+    "prompt_methods",
+    "prompt_parameters",
+    "register_prompt_method",
+    "unwrap_model",
+]
+
 PROMPT_INITS: tuple[str, ...] = ("normal", "random", "text", "sample_vocab")
+
+
+@dataclass(frozen=True)
+class PromptMethod:
+    """One prompt-learning method: everything the rest of the package needs to know about it.
+
+    Attributes:
+        name: the recipe's ``peft.method`` and the registry key (``prompt_tuning``).
+        peft_type: peft's ``PeftType`` name of the adapter it builds (``PROMPT_TUNING``).
+        build_config: ``(common, init=, init_text=, tokenizer_name_or_path=,
+            encoder_hidden_size=) -> peft config``; ``common`` holds task type,
+            ``num_virtual_tokens`` and the caller's extra peft fields, already checked.
+        read_matrix: ``(prompt_encoder, peft_config) -> P`` (n x d) with its autograd graph:
+            the vectors the base model receives (module docstring).
+        in_vocabulary_space: P's rows live in the token embedding space (d = the embedding
+            width, prepended to the input embeddings), so nearest vocabulary tokens (explain),
+            and projections onto the vocabulary mean something.
+        kv_cache: peft hands P to every attention layer as a key/value cache
+            (``past_key_values``) instead of prepending it to the input embeddings; decoding
+            (evaluation, generation) takes the cache path.
+        card_label: the method on the model card, with its paper.
+        card_tag: the Hub tag of the method.
+        prefix_projection: for ``PREFIX_TUNING``, the value of peft's ``prefix_projection``
+            that tells this method apart (prefix tuning: True, P-tuning v2: False); None when
+            the peft type alone identifies the method.
+        supports_gradient_checkpointing: whether checkpointed decoder layers can train it.
+        matrix_is_embedding: P *is* the trainable embedding table (not an encoder's output),
+            so editing its rows edits the prompt (DPC's ``corruption="zero"``, pruning).
+        inits: the prompt inits (:data:`PROMPT_INITS`) it accepts.
+    """
+
+    name: str
+    peft_type: str
+    build_config: Callable[..., Any]
+    read_matrix: Callable[[Any, Any], Any]
+    in_vocabulary_space: bool
+    kv_cache: bool
+    card_label: str
+    card_tag: str
+    prefix_projection: bool | None = None
+    supports_gradient_checkpointing: bool = True
+    matrix_is_embedding: bool = False
+    inits: tuple[str, ...] = ("normal", "random")
+
+    def matches(self, config: Any) -> bool:
+        """Whether a peft config (or an adapter_config.json dict) is an adapter of this method."""
+        if peft_type_name(config) != self.peft_type:
+            return False
+        if self.prefix_projection is None:
+            return True
+        return bool(_config_value(config, "prefix_projection")) is self.prefix_projection
+
+
+_REGISTRY: dict[str, PromptMethod] = {}
+
+
+def _config_value(config: Any, key: str) -> Any:
+    if isinstance(config, Mapping):
+        return config.get(key)
+    return getattr(config, key, None)
+
+
+def peft_type_name(config: Any) -> str:
+    """The peft type name (``"PROMPT_TUNING"``) of a peft config, an adapter_config.json dict
+    or a ``PeftType`` / string itself."""
+    if isinstance(config, str):  # PeftType is a str enum
+        peft_type: Any = config
+    else:
+        peft_type = _config_value(config, "peft_type")
+    return str(getattr(peft_type, "value", peft_type))
+
+
+def register_prompt_method(method: PromptMethod) -> PromptMethod:
+    """Add ``method`` to the table; returns it.
+
+    Raises:
+        ConfigError: a method of that name is registered already, or one that claims the same
+            peft adapters (same ``peft_type`` and ``prefix_projection``), so that
+            :func:`method_of` would be ambiguous.
+    """
+    if not isinstance(method, PromptMethod):
+        raise ConfigError(f"register_prompt_method expects a PromptMethod, got {method!r}.")
+    if method.name in _REGISTRY:
+        raise ConfigError(
+            f"prompt method {method.name!r} is already registered; choose another name."
+        )
+    for other in _REGISTRY.values():
+        overlap = (
+            other.prefix_projection is None
+            or method.prefix_projection is None
+            or other.prefix_projection is method.prefix_projection
+        )
+        if other.peft_type == method.peft_type and overlap:
+            raise ConfigError(
+                f"prompt method {method.name!r} would claim the same peft adapters as "
+                f"{other.name!r} ({other.peft_type}, prefix_projection="
+                f"{other.prefix_projection}); give it a distinct peft_type/prefix_projection."
+            )
+    _REGISTRY[method.name] = method
+    return method
+
+
+def prompt_methods() -> tuple[PromptMethod, ...]:
+    """Every registered method, in registration order."""
+    return tuple(_REGISTRY.values())
+
+
+def prompt_method_names() -> tuple[str, ...]:
+    """The valid ``peft.method`` names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_prompt_method(name: str) -> PromptMethod:
+    """The method registered as ``name`` (a recipe's ``peft.method``).
+
+    Raises:
+        ConfigError: no such method; the message lists the valid names.
+    """
+    method = _REGISTRY.get(name) if isinstance(name, str) else None
+    if method is None:
+        raise ConfigError(
+            f"peft method {name!r} is not a prompt-learning method hf-tsprompt supports; "
+            f"choose one of {', '.join(_REGISTRY)}."
+        )
+    return method
+
+
+def _supported_adapters() -> str:
+    return ", ".join(
+        f"{m.name} ({m.peft_type}"
+        + ("" if m.prefix_projection is None else f", prefix_projection={m.prefix_projection}")
+        + ")"
+        for m in _REGISTRY.values()
+    )
+
+
+def method_of(config: Any, *, missing_ok: bool = False) -> PromptMethod | None:
+    """The method of a peft config or an adapter_config.json dict.
+
+    ``PREFIX_TUNING`` is prefix tuning with ``prefix_projection=True`` and P-tuning v2 without.
+
+    Raises:
+        ConfigError: no registered method builds such adapters (unless ``missing_ok``, which
+            returns None instead).
+    """
+    for method in _REGISTRY.values():
+        if method.matches(config):
+            return method
+    if missing_ok:
+        return None
+    raise ConfigError(
+        f"a {peft_type_name(config)} adapter is not of a prompt method hf-tsprompt supports; "
+        f"supported: {_supported_adapters()}."
+    )
+
+
+# --- the built-in methods ------------------------------------------------------------------
+
+
+def _prompt_tuning_config(
+    common: dict[str, Any],
+    *,
+    init: str,
+    init_text: str | None,
+    tokenizer_name_or_path: str | None,
+    **_: Any,
+) -> Any:
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    if init == "text":
+        if not init_text or not tokenizer_name_or_path:
+            raise ConfigError("prompt init 'text' needs init_text and tokenizer_name_or_path.")
+        return PromptTuningConfig(
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text=init_text,
+            tokenizer_name_or_path=tokenizer_name_or_path,
+            **common,
+        )
+    peft_init = PromptTuningInit.SAMPLE_VOCAB if init == "sample_vocab" else PromptTuningInit.RANDOM
+    return PromptTuningConfig(prompt_tuning_init=peft_init, **common)
+
+
+def _p_tuning_config(common: dict[str, Any], *, encoder_hidden_size: int | None, **_: Any) -> Any:
+    from peft import PromptEncoderConfig
+
+    if encoder_hidden_size is not None:
+        common = {**common, "encoder_hidden_size": encoder_hidden_size}
+    return PromptEncoderConfig(**common)
+
+
+def _prefix_config(projection: bool) -> Callable[..., Any]:
+    def build(common: dict[str, Any], *, encoder_hidden_size: int | None, **_: Any) -> Any:
+        from peft import PrefixTuningConfig
+
+        if encoder_hidden_size is not None:
+            common = {**common, "encoder_hidden_size": encoder_hidden_size}
+        return PrefixTuningConfig(prefix_projection=projection, **common)
+
+    return build
+
+
+def _read_embedding(encoder: nn.Module, config: Any) -> torch.Tensor:
+    return encoder.embedding.weight
+
+
+def _read_encoder_output(encoder: nn.Module, config: Any) -> torch.Tensor:
+    import torch
+
+    weight = encoder.embedding.weight
+    if getattr(config, "inference_mode", False):
+        # peft saves P-tuning's encoder *output* as the embedding for inference.
+        return weight
+    tokens = torch.arange(weight.shape[0], device=weight.device)
+    return encoder(tokens.unsqueeze(0))[0]
+
+
+def _read_prefix(encoder: nn.Module, config: Any) -> torch.Tensor:
+    import torch
+
+    weight = encoder.embedding.weight
+    n = config.num_virtual_tokens
+    if getattr(config, "inference_mode", False):
+        # in inference mode peft stores the projected prefix in the embedding.
+        return weight[:n]
+    tokens = torch.arange(weight.shape[0], device=weight.device)
+    return encoder(tokens[:n].unsqueeze(0))[0]
+
+
+# Prefix methods: the prefix enters every layer as a key/value cache, which checkpointed
+# layers do not accept; its rows are 2 * layers * d wide, not in the vocabulary's space.
+register_prompt_method(
+    PromptMethod(
+        name="prompt_tuning",
+        peft_type="PROMPT_TUNING",
+        build_config=_prompt_tuning_config,
+        read_matrix=_read_embedding,
+        in_vocabulary_space=True,
+        kv_cache=False,
+        card_label="prompt tuning (Lester et al., 2021)",
+        card_tag="prompt-tuning",
+        matrix_is_embedding=True,
+        inits=PROMPT_INITS,
+    )
+)
+register_prompt_method(
+    PromptMethod(
+        name="p_tuning",
+        peft_type="P_TUNING",
+        build_config=_p_tuning_config,
+        read_matrix=_read_encoder_output,
+        in_vocabulary_space=True,
+        kv_cache=False,
+        card_label="P-tuning (Liu et al., 2021)",
+        card_tag="p-tuning",
+    )
+)
+register_prompt_method(
+    PromptMethod(
+        name="prefix_tuning",
+        peft_type="PREFIX_TUNING",
+        prefix_projection=True,
+        build_config=_prefix_config(True),
+        read_matrix=_read_prefix,
+        in_vocabulary_space=False,
+        kv_cache=True,
+        card_label="prefix tuning (Li & Liang, 2021)",
+        card_tag="prefix-tuning",
+        supports_gradient_checkpointing=False,
+    )
+)
+register_prompt_method(
+    PromptMethod(
+        name="p_tuning_v2",
+        peft_type="PREFIX_TUNING",
+        prefix_projection=False,
+        build_config=_prefix_config(False),
+        read_matrix=_read_prefix,
+        in_vocabulary_space=False,
+        kv_cache=True,
+        card_label="P-tuning v2 (Liu et al., 2022)",
+        card_tag="p-tuning-v2",
+        supports_gradient_checkpointing=False,
+    )
+)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Strip DDP / DeepSpeed / accelerate / torch.compile wrappers down to the peft model."""
     from peft import PeftModel
+    from torch import nn
 
     seen = 0
     while not isinstance(model, PeftModel) and seen < 8:
@@ -46,11 +362,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
         seen += 1
     return model
-
-
-def _peft_type_name(config: Any) -> str:
-    peft_type = getattr(config, "peft_type", None)
-    return getattr(peft_type, "value", str(peft_type))
 
 
 def get_prompt_peft_model(model: nn.Module, adapter: str | None = None):
@@ -76,15 +387,14 @@ def get_prompt_peft_model(model: nn.Module, adapter: str | None = None):
     cfg = inner.peft_config[name]
     if not getattr(cfg, "is_prompt_learning", False):
         raise ConfigError(
-            f"adapter {name!r} uses {_peft_type_name(cfg)}, which is not a prompt-learning "
+            f"adapter {name!r} uses {peft_type_name(cfg)}, which is not a prompt-learning "
             "method, so it has no soft prompt to regularise. Use PROMPT_TUNING, P_TUNING or "
             "PREFIX_TUNING (e.g. peft.PromptTuningConfig), or train LoRA with a plain Trainer."
         )
-    kind = _peft_type_name(cfg)
-    if kind not in ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"):
+    if method_of(cfg, missing_ok=True) is None:
         raise ConfigError(
-            f"adapter {name!r} uses {kind}; hf-tsprompt supports PROMPT_TUNING, P_TUNING and "
-            "PREFIX_TUNING (P-tuning v2 is PREFIX_TUNING with prefix_projection=False)."
+            f"adapter {name!r} uses {peft_type_name(cfg)}; hf-tsprompt supports "
+            f"{_supported_adapters()}."
         )
     return inner, name, cfg
 
@@ -92,30 +402,15 @@ def get_prompt_peft_model(model: nn.Module, adapter: str | None = None):
 def prompt_matrix(model: nn.Module, adapter: str | None = None) -> torch.Tensor:
     """The differentiable soft prompt P (n x d) of a peft prompt-learning model.
 
-    See the module docstring for what P is per method. The result shares the autograd graph
-    with the trainable parameters, so a loss on it trains the prompt.
+    See the module docstring for what P is per method (its :attr:`PromptMethod.read_matrix`).
+    The result shares the autograd graph with the trainable parameters, so a loss on it trains
+    the prompt.
 
     Raises:
         ValueError: not a peft prompt-learning model (LoRA, a plain model), or unknown adapter.
     """
     inner, name, cfg = get_prompt_peft_model(model, adapter)
-    encoder = inner.prompt_encoder[name]
-    kind = _peft_type_name(cfg)
-    weight = encoder.embedding.weight
-    if kind == "PROMPT_TUNING":
-        return weight
-    n = weight.shape[0]
-    tokens = torch.arange(n, device=weight.device)
-    if kind == "P_TUNING":
-        if getattr(cfg, "inference_mode", False):
-            # peft saves P-tuning's encoder *output* as the embedding for inference.
-            return weight
-        return encoder(tokens.unsqueeze(0))[0]
-    # PREFIX_TUNING: in inference mode peft stores the projected prefix in the embedding.
-    n = cfg.num_virtual_tokens
-    if getattr(cfg, "inference_mode", False):
-        return weight[:n]
-    return encoder(tokens[:n].unsqueeze(0))[0]
+    return method_of(cfg).read_matrix(inner.prompt_encoder[name], cfg)
 
 
 def prompt_parameters(model: nn.Module, adapter: str | None = None) -> list[nn.Parameter]:
@@ -124,7 +419,6 @@ def prompt_parameters(model: nn.Module, adapter: str | None = None) -> list[nn.P
     return list(inner.prompt_encoder[name].parameters())
 
 
-@torch.no_grad()
 def init_prompt_(model: nn.Module, std: float = 0.02, adapter: str | None = None) -> None:
     """Re-initialise the prompt embedding in place from N(0, std^2) (the paper: std = 0.02).
 
@@ -134,8 +428,11 @@ def init_prompt_(model: nn.Module, std: float = 0.02, adapter: str | None = None
     """
     if not (isinstance(std, (int, float)) and std > 0):
         raise ConfigError(f"prompt init std must be a positive number, got {std!r}.")
+    import torch
+
     inner, name, _ = get_prompt_peft_model(model, adapter)
-    inner.prompt_encoder[name].embedding.weight.normal_(0.0, float(std))
+    with torch.no_grad():
+        inner.prompt_encoder[name].embedding.weight.normal_(0.0, float(std))
 
 
 def build_peft_config(
@@ -148,30 +445,21 @@ def build_peft_config(
     encoder_hidden_size: int | None = None,
     **extra: Any,
 ):
-    """A peft config for one of :data:`PROMPT_METHODS`, task type CAUSAL_LM.
+    """A peft config for a registered method (:func:`prompt_method_names`), task CAUSAL_LM.
 
     Args:
         method: ``prompt_tuning`` | ``p_tuning`` | ``prefix_tuning`` (with the MLP
-            reparameterisation of Li & Liang) | ``p_tuning_v2`` (prefix tuning without it).
+            reparameterisation of Li & Liang) | ``p_tuning_v2`` (prefix tuning without it), or
+            any method added with :func:`register_prompt_method`.
         num_virtual_tokens: n, the number of virtual tokens (points of the cloud).
         init: ``normal`` (N(0, 0.02^2), the paper; applied by :func:`get_prompt_model`),
             ``random`` (peft's N(0, 1)), ``text`` (from ``init_text``), ``sample_vocab``
             (random vocabulary embeddings). ``text``/``sample_vocab`` apply to prompt tuning.
         extra: passed to the peft config unchanged.
     """
-    from peft import (
-        PrefixTuningConfig,
-        PromptEncoderConfig,
-        PromptTuningConfig,
-        PromptTuningInit,
-        TaskType,
-    )
+    from peft import TaskType
 
-    if method not in PROMPT_METHODS:
-        raise ConfigError(
-            f"peft method {method!r} is not a prompt-learning method hf-tsprompt supports; "
-            f"choose one of {', '.join(PROMPT_METHODS)}."
-        )
+    entry = get_prompt_method(method)
     if init not in PROMPT_INITS:
         raise ConfigError(f"prompt init {init!r} unknown; choose one of {', '.join(PROMPT_INITS)}.")
     if (
@@ -183,30 +471,17 @@ def build_peft_config(
             f"num_virtual_tokens must be an int >= 3 (a point cloud needs 3 points for "
             f"topology), got {num_virtual_tokens!r}."
         )
-    if init in ("text", "sample_vocab") and method != "prompt_tuning":
-        raise ConfigError(f"prompt init {init!r} only applies to method 'prompt_tuning'.")
+    if init not in entry.inits:
+        takers = " or ".join(repr(m.name) for m in _REGISTRY.values() if init in m.inits)
+        raise ConfigError(f"prompt init {init!r} only applies to method {takers}.")
     common = {"task_type": TaskType.CAUSAL_LM, "num_virtual_tokens": num_virtual_tokens, **extra}
-    if method == "prompt_tuning":
-        if init == "text":
-            if not init_text or not tokenizer_name_or_path:
-                raise ConfigError("prompt init 'text' needs init_text and tokenizer_name_or_path.")
-            return PromptTuningConfig(
-                prompt_tuning_init=PromptTuningInit.TEXT,
-                prompt_tuning_init_text=init_text,
-                tokenizer_name_or_path=tokenizer_name_or_path,
-                **common,
-            )
-        peft_init = (
-            PromptTuningInit.SAMPLE_VOCAB if init == "sample_vocab" else PromptTuningInit.RANDOM
-        )
-        return PromptTuningConfig(prompt_tuning_init=peft_init, **common)
-    if method == "p_tuning":
-        if encoder_hidden_size is not None:
-            common["encoder_hidden_size"] = encoder_hidden_size
-        return PromptEncoderConfig(**common)
-    if encoder_hidden_size is not None:
-        common["encoder_hidden_size"] = encoder_hidden_size
-    return PrefixTuningConfig(prefix_projection=(method == "prefix_tuning"), **common)
+    return entry.build_config(
+        common,
+        init=init,
+        init_text=init_text,
+        tokenizer_name_or_path=tokenizer_name_or_path,
+        encoder_hidden_size=encoder_hidden_size,
+    )
 
 
 def get_prompt_model(
@@ -249,6 +524,8 @@ class PromptCapture:
         self._handle = inner.prompt_encoder[name].register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        import torch
+
         if isinstance(output, torch.Tensor) and output.requires_grad:
             # (batch, n, d): every row of the batch is the same prompt.
             self._value = output[0] if output.dim() == 3 else output
@@ -276,6 +553,8 @@ def full_prompt_matrix(model: nn.Module, adapter: str | None = None) -> torch.Te
     they are partitioned (gathered with ``deepspeed.zero.GatheredParameters``). Either way this
     is a collective: call it on every rank.
     """
+    import torch
+
     inner, name, _ = get_prompt_peft_model(model, adapter)
     params = list(inner.prompt_encoder[name].parameters())
     if any(hasattr(p, "ds_id") for p in params):
