@@ -33,15 +33,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
-from trl import SFTConfig, SFTTrainer
 
 from .errors import ConfigError
 from .losses import REGULARIZERS, SCALES, VARIANTS, l2_loss, pairwise_distance_loss, ts_loss
-from .prompts import PromptCapture, get_prompt_peft_model, prompt_matrix
+from .prompts import PromptCapture, get_prompt_peft_model, method_of, prompt_matrix
+from .runs import adapter_dir, adapter_save_kwargs, save_adapter
 
 
 @dataclass
@@ -152,12 +153,12 @@ class TopologicalLossMixin:
         get_prompt_peft_model(self.model, self.args.ts_adapter)
         if getattr(self.args, "gradient_checkpointing", False):
             _, _, cfg = get_prompt_peft_model(self.model, self.args.ts_adapter)
-            kind = getattr(cfg.peft_type, "value", str(cfg.peft_type))
-            if kind == "PREFIX_TUNING":
+            method = method_of(cfg)
+            if not method.supports_gradient_checkpointing:
                 raise ConfigError(
-                    "gradient_checkpointing=True does not work with prefix tuning / P-tuning "
-                    "v2: the prefix enters every layer as a key/value cache, which checkpointed "
-                    "layers do not accept. Set gradient_checkpointing=False (prefixes are small; "
+                    f"gradient_checkpointing=True does not work with {method.name}: the "
+                    "prefix enters every layer as a key/value cache, which checkpointed layers "
+                    "do not accept. Set gradient_checkpointing=False (prefixes are small; "
                     "memory is rarely the issue), or use prompt tuning."
                 )
             # Frozen input embeddings give checkpointed blocks no input that requires grad.
@@ -181,8 +182,7 @@ class TopologicalLossMixin:
             return
 
         def save_without_embeddings(*args: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("save_embedding_layers", False)
-            return save(*args, **kwargs)
+            return save(*args, **adapter_save_kwargs(kwargs))
 
         model.save_pretrained = save_without_embeddings
         try:
@@ -291,7 +291,7 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
     """
 
     def __init__(self, model: Any = None, args: TrainingArguments | None = None, **kwargs: Any):
-        args = _upgrade_args(args, TopologicalPromptConfig)
+        args = upgrade_args(args, TopologicalPromptConfig)
         super().__init__(model=model, args=args, **kwargs)
         self._init_topological()
 
@@ -330,17 +330,15 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
         in one commit (:func:`hf_tsprompt.hub.push_to_hub`). ``repo_id`` defaults to
         ``args.hub_model_id``. Returns the commit URL (None on non-main processes).
         """
-        from pathlib import Path
-
+        # The one import in the library that points up a layer (see the package docstring):
+        # a Trainer's push_to_hub publishes a finished run with its model card, and the card
+        # reads the run folder (hf_tsprompt.hub). Imported here, so training never loads it.
         from .hub import push_to_hub as push_run
 
         if not self.is_world_process_zero():
             return None
         out = Path(self.args.output_dir)
-        # The prompt never changes the vocabulary; "auto" would ask the Hub about the base.
-        self.accelerator.unwrap_model(self.model).save_pretrained(
-            out / "adapter", save_embedding_layers=False
-        )
+        save_adapter(self.accelerator.unwrap_model(self.model), adapter_dir(out))
         self.save_state()
         repo_id = repo_id or self.args.hub_model_id
         if not repo_id:
@@ -355,7 +353,7 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
         )
 
 
-def _upgrade_args(args: Any, cls: type) -> Any:
+def upgrade_args(args: Any, cls: type) -> Any:
     """Accept a plain ``TrainingArguments`` (default ``ts_*`` values) or None (like Trainer)."""
     if args is None:
         return cls(output_dir="tmp_trainer")
@@ -372,46 +370,3 @@ def _upgrade_args(args: Any, cls: type) -> Any:
     raise ConfigError(
         f"args must be a TrainingArguments / TopologicalPromptConfig, got {type(args).__name__}."
     )
-
-
-@dataclass
-class TopologicalSFTConfig(SFTConfig, TSArguments):
-    """TRL's ``SFTConfig`` plus the ``ts_*`` fields of :class:`TSArguments`.
-
-    One default differs from TRL: ``bf16=None`` resolves to False when no bf16-capable GPU is
-    present (TRL's True refuses to start on a CPU-only machine: "Your setup doesn't support
-    bf16/gpu"). Set ``bf16=True`` explicitly for bf16 autocast on CPU.
-    """
-
-    def __post_init__(self) -> None:
-        if self.bf16 is None and not self.fp16:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-        super().__post_init__()
-        self.validate_ts()
-
-
-class TopologicalSFTTrainer(TopologicalLossMixin, SFTTrainer):
-    """TRL's ``SFTTrainer`` with the regulariser added to its loss.
-
-    Same constructor as ``trl.SFTTrainer`` (pass a peft prompt-learning model, or a base model
-    with ``peft_config=PromptTuningConfig(...)``). TRL's own metrics (entropy, token accuracy)
-    and ours share TRL's ``self._metrics`` / ``log()`` mechanism.
-    """
-
-    def __init__(self, model: Any = None, args: Any = None, **kwargs: Any):
-        args = _upgrade_args(args, TopologicalSFTConfig)
-        super().__init__(model=model, args=args, **kwargs)
-        self._init_topological()
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
-        loss, outputs = result if return_outputs else (result, None)
-        loss = self._add_regularizer(model, loss, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # SFTTrainer.log merges TRL's metrics from the same self._metrics afterwards.
-        self._merge_metrics(logs)
-        super().log(logs, start_time)

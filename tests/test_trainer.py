@@ -1,22 +1,16 @@
-"""TopologicalPromptTrainer and the TRL variant on a tiny seeded Llama (seconds each)."""
+"""TopologicalPromptTrainer on a tiny seeded Llama (seconds each); the TRL variant: test_sft.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from hf_tsprompt.errors import ConfigError
 from hf_tsprompt.losses import l2_loss, pairwise_distance_loss, ts_loss
 from hf_tsprompt.prompts import get_prompt_model, prompt_matrix
-from hf_tsprompt.trainer import (
-    TopologicalPromptConfig,
-    TopologicalPromptTrainer,
-    TopologicalSFTConfig,
-    TopologicalSFTTrainer,
-)
+from hf_tsprompt.trainer import TopologicalPromptConfig, TopologicalPromptTrainer
 
 from tiny import tiny_llama, tiny_lm_dataset
 
@@ -244,32 +238,3 @@ def test_bf16_on_cpu_keeps_the_regulariser_in_float32(tokenizer, tmp_path):
         reg, _ = trainer.regularizer(model)
     assert reg.dtype == torch.float32
     assert torch.isfinite(torch.tensor(log["loss"])) and log["loss_ts"] > 0
-
-
-def test_sft_variant_trains_on_a_text_dataset(tokenizer, tmp_path):
-    model = _prompt_model(tokenizer)
-    before = prompt_matrix(model).detach().clone()
-    data = Dataset.from_list(
-        [{"prompt": f"What is {i} + {i}?", "completion": f" {2 * i}"} for i in range(8)]
-    )
-    args = TopologicalSFTConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=5e-2,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        gradient_checkpointing=False,
-        ts_weight=2.0,
-    )
-    assert args.bf16 is False  # TRL's default would refuse to start on a CPU-only machine
-    trainer = TopologicalSFTTrainer(
-        model=model, args=args, train_dataset=data, processing_class=tokenizer
-    )
-    trainer.train()
-    log = trainer.state.log_history[0]
-    assert {"loss_ce", "loss_ts", "ts_h0", "mean_token_accuracy"} <= set(log)
-    assert log["loss"] == pytest.approx(log["loss_ce"] + 2.0 * log["loss_ts"], rel=1e-4)
-    assert not torch.allclose(prompt_matrix(model), before)
