@@ -67,6 +67,7 @@ from torch import nn
 
 from .attention import AttentionRecord, attention_hooks, base_model, layer_head_counts
 from .errors import ConfigError
+from .prompts import get_prompt_peft_model, method_of, peft_type_name
 
 __all__ = [
     "DPCConfig",
@@ -171,8 +172,6 @@ class DPCDecision:
 
 
 def _prompt_learning(model: nn.Module) -> tuple[Any, str, Any]:
-    from .prompts import get_prompt_peft_model
-
     return get_prompt_peft_model(model)
 
 
@@ -309,12 +308,12 @@ def corrupt_soft_prompt(
         raise ConfigError(f"positions must be soft prompt positions in 0..{n - 1}, got {positions}")
     if corruption not in ("attention", "zero"):
         raise ConfigError(f"corruption must be 'attention' or 'zero', got {corruption!r}")
-    kind = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
     edit_embedding = corruption == "zero" or prune_percent > 0
-    if edit_embedding and kind != "PROMPT_TUNING":
+    if edit_embedding and not method_of(peft_config).matrix_is_embedding:
         raise ConfigError(
             f"corruption='zero' and prune_percent > 0 edit prompt tuning's embedding table; "
-            f"this adapter is {kind}: use corruption='attention' and prune_percent=0"
+            f"this adapter is {peft_type_name(peft_config)}: use corruption='attention' and "
+            "prune_percent=0"
         )
     weight = inner.prompt_encoder[name].embedding.weight if edit_embedding else None
     original = weight.data if weight is not None else None
@@ -406,12 +405,12 @@ def evaluate_with_dpc(
         return evaluate_model(model, tokenizer, task, rows, progress=progress, **kwargs)
     task = get_task(task)
     _, _, peft_config = _prompt_learning(model)  # fails early on a model without a soft prompt
-    kind = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
-    if kind != "PROMPT_TUNING" and (config.corruption == "zero" or config.prune_percent > 0):
+    edit_embedding = config.corruption == "zero" or config.prune_percent > 0
+    if edit_embedding and not method_of(peft_config).matrix_is_embedding:
         raise ConfigError(
             f"DPC with corruption={config.corruption!r}, prune_percent={config.prune_percent} "
-            f"needs a prompt tuning adapter; this one is {kind}: use corruption='attention', "
-            "prune_percent=0"
+            f"needs a prompt tuning adapter; this one is {peft_type_name(peft_config)}: use "
+            "corruption='attention', prune_percent=0"
         )
     _layers(model, config.layers)
     start = time.perf_counter()

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from hf_tsprompt.data import Row, Task, build_prompt, encode_prompt, get_task, truncate_ids
 from hf_tsprompt.errors import ConfigError, DataError
 from hf_tsprompt.fsutil import atomic_write_text
+from hf_tsprompt.prompts import method_of, peft_type_name
 
 __all__ = ["EvalResult", "evaluate_model", "greedy_prompt_learning", "save_eval"]
 
@@ -108,7 +109,7 @@ def greedy_prompt_learning(
         raise ConfigError(
             "greedy_prompt_learning needs a peft model with a prompt-learning adapter"
         )
-    peft_type = str(getattr(config.peft_type, "value", config.peft_type))
+    method = method_of(config, missing_ok=True)
     base = model.get_base_model()
     params = inspect.signature(base.forward).parameters
     cache_key = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
@@ -117,20 +118,20 @@ def greedy_prompt_learning(
     virtual = torch.ones((batch, n_virtual), dtype=attention_mask.dtype, device=input_ids.device)
     mask = torch.cat([virtual, attention_mask], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    if peft_type == "PREFIX_TUNING":
+    if method is not None and method.kv_cache:
         inputs: dict[str, Any] = {
             "input_ids": input_ids,
             cache_key: model.get_prompt(batch_size=batch),
             "position_ids": positions[:, n_virtual:],
         }
-    elif peft_type in ("PROMPT_TUNING", "P_TUNING"):
+    elif method is not None:
         embeds = model.word_embeddings(input_ids)
         prompts = model.get_prompt(batch_size=batch).to(embeds.dtype)
         inputs = {"inputs_embeds": torch.cat([prompts, embeds], dim=1), "position_ids": positions}
     else:
         raise ConfigError(
             "evaluation supports prompt tuning, P-tuning and prefix tuning adapters, "
-            f"not {peft_type}"
+            f"not {peft_type_name(config)}"
         )
     stop = torch.tensor(list(eos_ids), dtype=torch.long, device=input_ids.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)

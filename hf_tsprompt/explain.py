@@ -52,6 +52,7 @@ import numpy as np
 
 from .errors import ConfigError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_json, atomic_write_text, read_json_dict
+from .prompts import get_prompt_method, method_of, prompt_method_names, prompt_methods
 from .records import load_prompt, read_records
 from .topology import distance_matrix, persistence_pairs
 
@@ -82,9 +83,10 @@ PathLike = str | os.PathLike
 
 EXPLAIN_JSON = "explain.json"
 EXPLAIN_MD = "explain.md"
-#: Methods whose prompt is read by the model as input embeddings (so it has nearest tokens).
-VOCAB_METHODS: tuple[str, ...] = ("prompt_tuning", "p_tuning")
-KV_METHODS: tuple[str, ...] = ("prefix_tuning", "p_tuning_v2")
+#: Methods whose prompt is read by the model as input embeddings (so it has nearest tokens),
+#: and the others (key/value prefixes); the built-in table's, as at import.
+VOCAB_METHODS: tuple[str, ...] = tuple(m.name for m in prompt_methods() if m.in_vocabulary_space)
+KV_METHODS: tuple[str, ...] = tuple(m.name for m in prompt_methods() if not m.in_vocabulary_space)
 #: A start loop survives when an end loop shares at least this Jaccard fraction of its tokens.
 LOOP_MATCH = 0.5
 PREFIX_NOTE = (
@@ -467,13 +469,9 @@ def _run_method(run_dir: Path) -> str:
     if isinstance(method, str) and method:
         return method
     cfg = read_json_dict(run_dir / "adapter" / "adapter_config.json")
-    peft_type = str(cfg.get("peft_type", ""))
-    if peft_type == "PROMPT_TUNING":
-        return "prompt_tuning"
-    if peft_type == "P_TUNING":
-        return "p_tuning"
-    if peft_type == "PREFIX_TUNING":
-        return "prefix_tuning" if cfg.get("prefix_projection") else "p_tuning_v2"
+    entry = method_of(cfg, missing_ok=True)
+    if entry is not None:
+        return entry.name
     if (run_dir / "recipe.yaml").is_file():
         from .pipeline import load_run_recipe
 
@@ -559,7 +557,7 @@ def explain_run(
     method = _run_method(run)
 
     note = None
-    if method in KV_METHODS:
+    if method in prompt_method_names() and not get_prompt_method(method).in_vocabulary_space:
         space = "key_value"
         note = PREFIX_NOTE.format(method=method.replace("_", " "), dim=dim)
         vocab = None

@@ -92,21 +92,22 @@ from collections.abc import Callable
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
+from .prompts import method_of, peft_type_name, prompt_methods
+
 __all__ = ["DISABLE_ENV_VAR", "FIXED_PEFT_TYPES", "apply", "install", "remove", "status"]
 
 logger = logging.getLogger(__name__)
 
 DISABLE_ENV_VAR = "HF_TSPROMPT_NO_GENERATE_FIX"
-FIXED_PEFT_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
+# The peft types of the built-in prompt methods (a snapshot at import): the ones whose
+# generation path `_prepare` replaces. A method registered later with another peft type keeps
+# peft's own path.
+FIXED_PEFT_TYPES = tuple(dict.fromkeys(m.peft_type for m in prompt_methods()))
 VERIFIED_WITH = {"peft": "0.21.2", "transformers": "5.24.0"}
 _PEFT_MODULE = "peft.peft_model"
 _ORIGINAL = "__hf_tsprompt_original__"  # attribute of the patched function: peft's own
 
 _state: dict[str, Any] = {"reason": "not checked yet: peft has not been imported"}
-
-
-def _type_name(peft_type: Any) -> str:
-    return str(getattr(peft_type, "value", peft_type))
 
 
 def _cache_key() -> str:
@@ -146,7 +147,7 @@ class _StandIn:
         import torch
         from transformers import DynamicCache
 
-        if _type_name(self.active_peft_config.peft_type) == "PREFIX_TUNING":
+        if method_of(self.active_peft_config).kv_cache:
             cache = DynamicCache()
             cache.update(torch.zeros(batch_size, 1, 2, 4), torch.zeros(batch_size, 1, 2, 4), 0)
             return cache
@@ -213,7 +214,7 @@ def _prepare(self: Any, config: Any, args: tuple, kwargs: dict, task_ids: Any) -
     key = _state["cache_key"]
     inputs = self.base_model_prepare_inputs_for_generation(*args, **kwargs)
     n = config.num_virtual_tokens
-    prefix = _type_name(config.peft_type) == "PREFIX_TUNING"
+    prefix = method_of(config).kv_cache
     if inputs.get("use_cache", kwargs.get("use_cache", True)) is False:
         # Uncached: the model returns the cache it was given and generate passes it back in.
         inputs.pop(key, None)
@@ -270,7 +271,7 @@ def _fixed(original: Callable) -> Callable:
     @functools.wraps(original)
     def prepare_inputs_for_generation(self, *args, task_ids=None, **kwargs):
         config = self.active_peft_config
-        if _type_name(config.peft_type) not in FIXED_PEFT_TYPES:
+        if peft_type_name(config) not in FIXED_PEFT_TYPES:
             return original(self, *args, task_ids=task_ids, **kwargs)
         return _prepare(self, config, args, kwargs, task_ids)
 

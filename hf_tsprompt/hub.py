@@ -32,16 +32,10 @@ from urllib.parse import quote
 
 from .errors import HubError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_text, read_json_dict
+from .prompts import get_prompt_method, method_of, prompt_method_names
 
 CARD_TEMPLATE = "adapter_card.md.jinja"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-METHOD_INFO: dict[str, tuple[str, str]] = {
-    "prompt_tuning": ("prompt tuning (Lester et al., 2021)", "prompt-tuning"),
-    "p_tuning": ("P-tuning (Liu et al., 2021)", "p-tuning"),
-    "prefix_tuning": ("prefix tuning (Li & Liang, 2021)", "prefix-tuning"),
-    "p_tuning_v2": ("P-tuning v2 (Liu et al., 2022)", "p-tuning-v2"),
-}
-PEFT_TYPE_TO_METHOD = {"PROMPT_TUNING": "prompt_tuning", "P_TUNING": "p_tuning"}
 FIGURE_CAPTIONS: dict[str, str] = {
     "barcodes.png": "Persistence barcodes (H0, H1) at the start, middle and end of training",
     "diagrams.png": "Persistence diagrams",
@@ -116,11 +110,8 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
         raise MissingFileError(f"run folder {run_dir} does not exist.")
     adapter_cfg = read_json_dict(_adapter_dir(run_dir) / "adapter_config.json")
     info = read_json_dict(run_dir / "run.json")
-    peft_type = str(adapter_cfg.get("peft_type", ""))
-    method = PEFT_TYPE_TO_METHOD.get(peft_type)
-    if peft_type == "PREFIX_TUNING":
-        method = "prefix_tuning" if adapter_cfg.get("prefix_projection") else "p_tuning_v2"
-    info.setdefault("method", method or "prompt_tuning")
+    method = method_of(adapter_cfg, missing_ok=True)
+    info.setdefault("method", method.name if method is not None else "prompt_tuning")
     info.setdefault("num_virtual_tokens", adapter_cfg.get("num_virtual_tokens"))
     info.setdefault("base_model", adapter_cfg.get("base_model_name_or_path") or "unknown")
     info.setdefault("name", run_dir.resolve().name)
@@ -137,13 +128,21 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return str(value)
 
 
+def _method_card(method: Any) -> tuple[Any, str]:
+    """(card label, Hub tag) of a prompt method; a name the table lacks is shown as is."""
+    if isinstance(method, str) and method in prompt_method_names():
+        entry = get_prompt_method(method)
+        return entry.card_label, entry.card_tag
+    return method, str(method).replace("_", "-")
+
+
 def _training_rows(info: dict[str, Any], recipe: dict[str, Any]) -> list[tuple[str, str]]:
     ts = recipe.get("ts") or {}
     peft = recipe.get("peft") or {}
     data = recipe.get("data") or {}
     training = info.get("training") or {}
     rows = [
-        ("peft method", METHOD_INFO.get(info.get("method", ""), (info.get("method"), ""))[0]),
+        ("peft method", _method_card(info.get("method"))[0]),
         ("virtual tokens (n)", _fmt(info.get("num_virtual_tokens"))),
         (
             "prompt init",
@@ -252,7 +251,7 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
         with contextlib.suppress(yaml.YAMLError):
             recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
     method = info.get("method", "prompt_tuning")
-    method_name, method_tag = METHOD_INFO.get(method, (method, method.replace("_", "-")))
+    method_name, method_tag = _method_card(method)
     base_model = str(info.get("base_model"))
     dataset_id = info.get("dataset_hub_id")
     regularizer = (recipe.get("ts") or {}).get("regularizer", "tsloss")

@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, MissingFileError
+from .prompts import PROMPT_INITS, prompt_method_names, prompt_methods
 
 # Paper settings (section V-B).
 PAPER_TRAINING: dict[str, Any] = {
@@ -191,8 +192,8 @@ _SECTIONS: dict[str, type] = {
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "peft.method": ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2"),
-    "peft.init": ("normal", "random", "text", "sample_vocab"),
+    "peft.method": prompt_method_names(),  # re-read at validation: registered methods count
+    "peft.init": PROMPT_INITS,
     "ts.regularizer": ("tsloss", "l2", "pdloss", "none"),
     "ts.variant": ("soft", "exact"),
     "ts.scale": ("absolute", "mean"),
@@ -499,13 +500,15 @@ def _check_training_values(values: dict[str, Any], peft_method: str) -> None:
                 f"training.{key} needs worker processes; set training.dataloader_num_workers "
                 f">= 1 or remove {key}."
             )
-    if peft_method in ("prefix_tuning", "p_tuning_v2") and (
+    checkpointable = [m.name for m in prompt_methods() if m.supports_gradient_checkpointing]
+    not_checkpointable = set(prompt_method_names()) - set(checkpointable)
+    if peft_method in not_checkpointable and (
         values.get("gradient_checkpointing") or values.get("activation_checkpointing")
     ):
         raise ConfigError(
             f"training.gradient_checkpointing does not work with peft.method={peft_method!r}: "
             "the prefix enters every layer as a key/value cache, which checkpointed layers do "
-            "not accept. Set it to false, or use prompt_tuning or p_tuning."
+            f"not accept. Set it to false, or use {' or '.join(checkpointable)}."
         )
     _check_optim_args(values.get("optim_args"))
     _check_scheduler_kwargs(
@@ -589,7 +592,7 @@ def _get_path(recipe: Recipe, dotted: str) -> Any:
 
 
 def _validate_values(recipe: Recipe) -> None:
-    for dotted, choices in _CHOICES.items():
+    for dotted, choices in {**_CHOICES, "peft.method": prompt_method_names()}.items():
         value = _get_path(recipe, dotted)
         if value not in choices:
             raise ConfigError(

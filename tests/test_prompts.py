@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 
+from hf_tsprompt import prompts
 from hf_tsprompt.errors import ConfigError
 from hf_tsprompt.prompts import (
+    PromptMethod,
     build_peft_config,
+    get_prompt_method,
     get_prompt_model,
     init_prompt_,
+    method_of,
+    peft_type_name,
     prompt_matrix,
+    prompt_method_names,
+    prompt_methods,
     prompt_parameters,
+    register_prompt_method,
     unwrap_model,
 )
 
@@ -166,3 +177,81 @@ def test_build_peft_config_errors(kwargs, match):
 def test_init_std_must_be_positive(tokenizer):
     with pytest.raises(ConfigError, match="std"):
         init_prompt_(_model(tokenizer, "prompt_tuning"), std=0)
+
+
+# --- the table of prompt methods ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", prompt_methods(), ids=lambda m: m.name)
+def test_every_registered_method_against_the_model(tokenizer, entry):
+    model = _model(tokenizer, entry.name)
+    cfg = model.peft_config["default"]
+    # the table entry round-trips through the live config and through adapter_config.json
+    assert get_prompt_method(entry.name) is entry
+    assert method_of(cfg) is entry
+    assert method_of(json.loads(json.dumps(cfg.to_dict()))) is entry
+    assert peft_type_name(cfg) == entry.peft_type
+
+    P = prompt_matrix(model)
+    embed_dim = model.get_input_embeddings().weight.shape[1]
+    received = model.get_prompt(batch_size=1)  # what peft hands the base model
+    as_embeddings = isinstance(received, torch.Tensor)
+    width = cfg.token_dim if as_embeddings else 2 * cfg.num_layers * cfg.token_dim
+    assert P.shape == (cfg.num_virtual_tokens, width)
+
+    # independent truths for the table's facts
+    assert entry.kv_cache is not as_embeddings
+    used_as_input = as_embeddings and torch.allclose(received[0], P)
+    assert entry.in_vocabulary_space is (P.shape[1] == embed_dim and used_as_input)
+    assert entry.matrix_is_embedding is (P is model.prompt_encoder["default"].embedding.weight)
+    assert entry.card_label and entry.card_tag
+
+
+def test_prefix_projection_tells_prefix_tuning_from_p_tuning_v2():
+    base = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4}
+    assert method_of({**base, "prefix_projection": True}).name == "prefix_tuning"
+    assert method_of({**base, "prefix_projection": False}).name == "p_tuning_v2"
+    assert method_of(base).name == "p_tuning_v2"  # peft's default is no projection
+
+
+def test_unknown_method_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="'lora' is not a prompt-learning method") as err:
+        get_prompt_method("lora")
+    assert all(name in str(err.value) for name in prompt_method_names())
+    lora = LoraConfig(target_modules=["q_proj"])
+    with pytest.raises(ConfigError, match="LORA adapter is not of a prompt method"):
+        method_of(lora)
+    assert method_of(lora, missing_ok=True) is None
+
+
+def test_peft_type_name_reads_configs_dicts_and_enums():
+    from peft import PeftType
+
+    cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    assert peft_type_name(cfg) == "PROMPT_TUNING"
+    assert peft_type_name({"peft_type": "P_TUNING"}) == "P_TUNING"
+    assert peft_type_name(PeftType.PREFIX_TUNING) == "PREFIX_TUNING"
+
+
+def test_duplicate_registration_is_refused(monkeypatch):
+    monkeypatch.setattr(prompts, "_REGISTRY", dict(prompts._REGISTRY))
+    before = prompt_method_names()
+    existing = get_prompt_method("prompt_tuning")
+    with pytest.raises(ConfigError, match="'prompt_tuning' is already registered"):
+        register_prompt_method(existing)
+    same_adapters = dataclasses.replace(existing, name="my_prompt_tuning")
+    with pytest.raises(ConfigError, match="same peft adapters as 'prompt_tuning'"):
+        register_prompt_method(same_adapters)
+    assert prompt_method_names() == before
+
+    new = dataclasses.replace(existing, name="my_method", peft_type="MY_TYPE")
+    assert register_prompt_method(new) is new
+    assert get_prompt_method("my_method") is new
+    assert method_of({"peft_type": "MY_TYPE"}) is new
+    assert prompt_method_names() == (*before, "my_method")
+
+
+def test_prompt_method_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_prompt_method("p_tuning").name = "other"  # type: ignore[misc]
+    assert isinstance(get_prompt_method("p_tuning"), PromptMethod)
