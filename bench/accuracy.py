@@ -130,8 +130,8 @@ class MethodSpec:
 
 def _evaluate_act(run_dir: Path, spec: TaskSpec, max_new_tokens: int) -> Any:
     """ACT on a finished run: heads searched on its training rows, then the test rows."""
-    from hf_tsprompt.calibration import calibrate_run, evaluate_with_act
-    from hf_tsprompt.pipeline import load_data, load_run_model
+    from hf_tsprompt.calibration import evaluate_with_act
+    from hf_tsprompt.pipeline import calibrate_run, load_data, load_run_model
 
     model, tokenizer, recipe, _ = load_run_model(run_dir)
     # A search that finds no helpful head is a result (ACT leaves the model as it is), not a
@@ -425,7 +425,7 @@ def run_one(
     t0 = time.perf_counter()
     if spec.kind == "train":
         run_dir = args.work / "runs" / task_key / method / f"seed{seed}"
-        info = read_run(run_dir) if (run_dir / "run.json").is_file() else {}
+        info = read_run(run_dir, strict=False)
         if info.get("status") != "finished":
             recipe = build_recipe(
                 task_key,
@@ -443,7 +443,7 @@ def run_one(
     else:
         assert spec.base is not None and spec.evaluate is not None
         run_dir = args.work / "runs" / task_key / spec.base / f"seed{seed}"
-        if not (run_dir / "run.json").is_file():
+        if not read_run(run_dir, strict=False):
             raise RuntimeError(f"{method} needs the finished {spec.base} run {run_dir}")
         result, info = spec.evaluate(run_dir, TASKS[task_key], TASKS[task_key].max_new_tokens)
         accuracy, correct, total = result.accuracy, result.correct, result.total

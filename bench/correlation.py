@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_bench import import_common, read_runs
 
 from hf_tsprompt.analysis import _fmt_p, _fmt_stat  # the library's Table II number format
+from hf_tsprompt.runs import RECORDS_FILE, TRAINER_STATE_FILE, records_file
 
 common = import_common()
 
@@ -75,7 +76,7 @@ def _runs_by_task(runs_file: Path) -> dict[str, dict[str, dict[int, Path]]]:
         if common.run_status(rec) == "failed":  # no run folder: counted on the accuracy page
             continue
         run = Path(rec["run_dir"])
-        if rec.get("snapshots") and (run / "topology" / "records.jsonl").is_file():
+        if rec.get("snapshots") and records_file(run).is_file():
             out.setdefault(rec["task"], {}).setdefault(rec["method"], {})[rec["seed"]] = run
     return out
 
@@ -86,9 +87,9 @@ def _without_first(runs: list[Path], scratch: Path) -> list[Path]:
     for i, run in enumerate(runs):
         dst = scratch / f"r{i}" / "topology"
         dst.mkdir(parents=True, exist_ok=True)
-        lines = (run / "topology" / "records.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = records_file(run).read_text(encoding="utf-8").splitlines()
         kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] > 0]
-        (dst / "records.jsonl").write_text("\n".join(kept) + "\n", encoding="utf-8")
+        (dst / RECORDS_FILE).write_text("\n".join(kept) + "\n", encoding="utf-8")
         out.append(dst.parent)
     return out
 
@@ -147,7 +148,7 @@ def export_convergence_runs(conv_runs: Path, keys: list[str], dest: Path) -> dic
             history.append(entry)
         folder = dest / key.replace("|", "_").replace(":", "-").replace("=", "")
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+        (folder / TRAINER_STATE_FILE).write_text(json.dumps({"log_history": history}))
         out[key] = folder
     return out
 

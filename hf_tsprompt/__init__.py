@@ -5,6 +5,9 @@ transformers and TRL. Public names are imported lazily, so ``import hf_tsprompt`
 CLI's ``--help``) stays fast; each lives in one module:
 
 - :func:`ts_loss`, :class:`TSLoss` (``losses``): the regulariser, Eq. 1-6.
+- :func:`register_regularizer`, :func:`get_regularizer`, :func:`list_regularizers`,
+  :class:`Param` (``regularizers``): the registry of regularisers the trainer and recipes
+  select by name; register one with its declared parameters to train with it.
 - :func:`prompt_matrix` (``prompts``): the prompt point cloud P of any peft prompt model;
   :class:`PromptMethod`, :func:`get_prompt_method`, :func:`register_prompt_method`: the
   table of prompt methods.
@@ -12,6 +15,29 @@ CLI's ``--help``) stays fast; each lives in one module:
   :class:`TopologicalSFTConfig`, :class:`TopologicalSFTTrainer` (``sft``: imports trl).
 - :func:`persistence` (``topology``): H0/H1 persistence and the paper's metrics.
 - :class:`PersistenceCallback` (``callbacks``): barcodes recorded during training.
+
+Layers. A module imports only from its own layer or the layers listed before it, and the
+imports inside one layer form no cycle; ``tests/test_layers.py`` reads this table and walks
+every import of the package (those inside functions included) to enforce it. Imports inside
+functions are kept for optional or heavy third-party packages, and for the lower layers that
+the pipeline and the CLI load only when a command needs them (so ``--help`` stays fast).
+
+1. foundations: _version, errors, fsutil, hyperparams, metrics, runs
+2. core: topology, losses, regularizers, prompts
+3. pieces: records, callbacks, trainer, sft, data, data.answers, data.tasks, data.loading,
+   data.features, embedded, models, evaluation, generation, distributed, attention,
+   calibration, dpc
+4. recipes: recipes
+5. readers: explain, analysis, plots, report, hub
+6. pipeline: pipeline
+7. entry: cli, __main__, hf_tsprompt
+
+Foundations hold no torch code. Core is pure (tensors in, tensors out: no Trainer, no files).
+Pieces train, evaluate and record; ``runs`` (the run folder's layout, ``run.json``, lock and
+adapter saving) sits in the foundations because the callback and the trainer write into the
+run folder themselves. Readers take a finished run folder. One declared exception points up:
+``TopologicalPromptTrainer.push_to_hub`` (pieces) calls ``hub.push_to_hub`` (readers), since
+a Trainer's push publishes the run with its model card; the test names this one edge.
 """
 
 from __future__ import annotations
@@ -19,7 +45,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
     "ts_loss": "losses",
@@ -27,6 +53,12 @@ _EXPORTS: dict[str, str] = {
     "TSLossOutput": "losses",
     "l2_loss": "losses",
     "pairwise_distance_loss": "losses",
+    "Param": "regularizers",
+    "Regularizer": "regularizers",
+    "get_regularizer": "regularizers",
+    "list_regularizers": "regularizers",
+    "register_regularizer": "regularizers",
+    "unregister_regularizer": "regularizers",
     "prompt_matrix": "prompts",
     "get_prompt_model": "prompts",
     "init_prompt_": "prompts",
@@ -43,8 +75,10 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "Param",
     "PersistenceCallback",
     "PromptMethod",
+    "Regularizer",
     "TSLoss",
     "TSLossOutput",
     "TopologicalPromptConfig",
@@ -54,14 +88,18 @@ __all__ = [
     "__version__",
     "get_prompt_method",
     "get_prompt_model",
+    "get_regularizer",
     "init_prompt_",
     "l2_loss",
+    "list_regularizers",
     "pairwise_distance_loss",
     "persistence",
     "prompt_matrix",
     "read_records",
     "register_prompt_method",
+    "register_regularizer",
     "ts_loss",
+    "unregister_regularizer",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,6 +114,14 @@ if TYPE_CHECKING:  # pragma: no cover
         register_prompt_method,
     )
     from .records import read_records
+    from .regularizers import (
+        Param,
+        Regularizer,
+        get_regularizer,
+        list_regularizers,
+        register_regularizer,
+        unregister_regularizer,
+    )
     from .sft import TopologicalSFTConfig, TopologicalSFTTrainer
     from .topology import persistence
     from .trainer import TopologicalPromptConfig, TopologicalPromptTrainer

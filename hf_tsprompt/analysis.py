@@ -19,7 +19,9 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .fsutil import atomic_write_json, atomic_write_text
+from .metrics import MISSING, TABLE_II_KEYS, TABLE_II_STATISTICS, format_value, get_metric
 from .records import read_records
+from .runs import ANALYSIS_JSON, ANALYSIS_MD
 
 __all__ = [
     "METRICS",
@@ -32,29 +34,12 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-#: The metrics of Table II (first five, in the paper's order) and three more.
-METRICS: tuple[str, ...] = (
-    "h0_count",
-    "h1_count",
-    "h0_mean_lifespan",
-    "h1_mean_lifespan",
-    "entropy",
-    "h0_max_lifespan",
-    "h1_max_lifespan",
-    "h1_density",
-)
+#: The metrics of Table II (first five, in the paper's order) and three more
+#: (:data:`hf_tsprompt.metrics.TABLE_II_KEYS`).
+METRICS: tuple[str, ...] = TABLE_II_KEYS
 
-#: Row labels as the paper's Table II writes them.
-METRIC_LABELS: dict[str, str] = {
-    "h0_count": "|H0|",
-    "h1_count": "|H1|",
-    "h0_mean_lifespan": "Avg. l_i (H0)",
-    "h1_mean_lifespan": "Avg. l_i (H1)",
-    "entropy": "PE",
-    "h0_max_lifespan": "Max. l_i (H0)",
-    "h1_max_lifespan": "Max. l_i (H1)",
-    "h1_density": "H1 density",
-}
+#: Row labels as the paper's Table II writes them: the metrics' symbols.
+METRIC_LABELS: dict[str, str] = {key: get_metric(key).symbol for key in METRICS}
 
 #: What each field of the JSON written by :func:`analyze_runs` means.
 JSON_FIELDS: dict[str, str] = {
@@ -244,16 +229,6 @@ def convergence_step(
 # -- report -----------------------------------------------------------------------------------
 
 
-def _fmt_stat(x: float | None, digits: int = 3) -> str:
-    return "N/A" if x is None else f"{x:.{digits}f}"
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None:
-        return "N/A"
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
-
-
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -307,18 +282,15 @@ def analyze_runs(
         f"{split['high_accuracy_min']:.4g}); U is the low half's statistic"
         + (", the middle snapshot left out." if split["dropped_middle"] else "."),
         "",
-        "| Metric | ρ | p-value | U | p-value |",
-        "|---|---:|---:|---:|---:|",
+        "| Metric | " + " | ".join(get_metric(k).symbol for k in TABLE_II_STATISTICS) + " |",
+        "|---|" + "---:|" * len(TABLE_II_STATISTICS),
     ]
     for row in table["metrics"].values():
-        lines.append(
-            f"| {_md_cell(row['label'])} | {_fmt_stat(row['spearman_rho'])} | "
-            f"{_fmt_p(row['spearman_p'])} | {_fmt_stat(row['mannwhitney_u'], 1)} | "
-            f"{_fmt_p(row['mannwhitney_p'])} |"
-        )
+        cells = [format_value(k, row[k]) for k in TABLE_II_STATISTICS]
+        lines.append(f"| {_md_cell(row['label'])} | " + " | ".join(cells) + " |")
     notes = [f"{r['label']}: {r['note']}" for r in table["metrics"].values() if r["note"]]
     if notes:
-        lines += ["", "N/A: " + "; ".join(_md_cell(n) for n in notes) + "."]
+        lines += ["", f"{MISSING}: " + "; ".join(_md_cell(n) for n in notes) + "."]
     lines += [
         "",
         f"## Steps to reach {threshold:.0%} training accuracy (Table IV)",
@@ -338,9 +310,9 @@ def analyze_runs(
         lines.append(f"| {_md_cell(entry['name'])} | {steps} | {last} |")
 
     out = Path(out_dir)
-    md = atomic_write_text(out / "analysis.md", "\n".join(lines) + "\n")
+    md = atomic_write_text(out / ANALYSIS_MD, "\n".join(lines) + "\n")
     js = atomic_write_json(
-        out / "analysis.json",
+        out / ANALYSIS_JSON,
         {
             "correlation": table,
             "convergence": convergence,

@@ -64,7 +64,6 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -79,29 +78,20 @@ from .attention import (
     num_virtual_tokens,
 )
 from .data import IGNORE_INDEX, get_task, tokenize_example
-from .errors import ConfigError, MissingFileError
+from .errors import ConfigError
 from .evaluation import evaluate_model
-from .fsutil import atomic_write_json
 
 __all__ = [
-    "ACT_FILE",
     "ATTN_IMPLEMENTATION",
     "ACTConfig",
     "AttentionRecord",
     "act_attention",
-    "act_path",
-    "adapter_fingerprint",
     "attention_hooks",
-    "calibrate_run",
     "default_act_layers",
     "evaluate_with_act",
     "find_act_heads",
-    "load_act",
-    "save_act",
 ]
 
-ACT_FILE = Path("calibration") / "act.json"
-"""Where :func:`save_act` puts the head search result inside a run folder."""
 ThresholdMode = Literal["absolute", "relative"]
 
 
@@ -416,83 +406,6 @@ def find_act_heads(
 
 
 # ------------------------------------------------------------------------- run folders, evaluation
-
-
-def act_path(run_dir: str | Path) -> Path:
-    """``<run>/calibration/act.json``."""
-    return Path(run_dir) / ACT_FILE
-
-
-def save_act(config: ACTConfig, run_dir: str | Path) -> Path:
-    """Write ``config`` to ``<run>/calibration/act.json`` atomically; returns the path."""
-    return atomic_write_json(act_path(run_dir), config.to_dict())
-
-
-def load_act(run_dir: str | Path) -> ACTConfig:
-    """The ACT heads saved in a run folder (so every evaluation uses the same heads)."""
-    path = act_path(run_dir)
-    if not path.is_file():
-        raise MissingFileError(
-            f"{path} does not exist: search the heads first (hf_tsprompt.calibration."
-            "calibrate_run(run_dir), or `hf-tsprompt evaluate RUN_DIR --calibration act`)"
-        )
-    return ACTConfig.from_json(path.read_text(encoding="utf-8"))
-
-
-def adapter_fingerprint(run_dir: str | Path) -> str | None:
-    """sha256 over the files of ``<run>/adapter`` (None when there is no adapter folder):
-    ties a saved head search to the exact soft prompt it was searched with."""
-    import hashlib
-
-    adapter = Path(run_dir) / "adapter"
-    if not adapter.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(adapter).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def calibrate_run(
-    run_dir: str | Path,
-    *,
-    model: nn.Module | None = None,
-    tokenizer: Any = None,
-    overwrite: bool = False,
-    **search: Any,
-) -> ACTConfig:
-    """Load ``<run>/calibration/act.json``, or search ACT's heads on the run's *training*
-    rows and save them there, so every later evaluation uses the same heads.
-
-    A saved search is reused only if it was made with the adapter now in the run folder
-    (:func:`adapter_fingerprint`); otherwise (or with ``overwrite``) the heads are searched
-    again. ``model`` / ``tokenizer`` reuse an already loaded run model (from
-    :func:`hf_tsprompt.pipeline.load_run_model`); ``search`` goes to :func:`find_act_heads`
-    (``batch_size`` and ``max_length`` default to the recipe's evaluation batch size and
-    ``data.max_length``)."""
-    from .pipeline import load_data, load_run_model, load_run_recipe
-
-    run_dir = Path(run_dir)
-    fingerprint = adapter_fingerprint(run_dir)
-    if act_path(run_dir).is_file() and not overwrite:
-        saved = load_act(run_dir)
-        if saved.calibration.get("adapter_sha256") == fingerprint:
-            return saved
-    if model is None or tokenizer is None:
-        model, tokenizer, recipe, _ = load_run_model(run_dir)
-    else:
-        recipe = load_run_recipe(run_dir)
-    task, train_rows, _ = load_data(recipe)
-    search.setdefault("batch_size", recipe.evaluation.batch_size)
-    if recipe.data.max_length:
-        search.setdefault("max_length", recipe.data.max_length)
-    config = find_act_heads(model, tokenizer, task, train_rows, **search)
-    config.calibration.update(
-        rows_source="train", seed=recipe.seed, run=recipe.name, adapter_sha256=fingerprint
-    )
-    save_act(config, run_dir)
-    return config
 
 
 def evaluate_with_act(

@@ -39,6 +39,7 @@ import numpy as np
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .errors import ConfigError
+from .metrics import LOG_PREFIX, LOGGED_TOPOLOGY_KEYS
 from .prompts import full_prompt_matrix, is_sharded, prompt_matrix
 from .records import (
     RECORDS_FILE,
@@ -50,21 +51,11 @@ from .records import (
     write_snapshot,
 )
 from .topology import diagrams_from_lists, evolution, persistence
+from .trainer import MetricSource
 
-#: Summary keys sent to the trainer's logs (as ``topo/<key>``).
-LOGGED_KEYS: tuple[str, ...] = (
-    "h0_count",
-    "h1_count",
-    "h0_mean_lifespan",
-    "h1_mean_lifespan",
-    "h0_max_lifespan",
-    "h1_max_lifespan",
-    "entropy",
-    "h0_entropy",
-    "h1_entropy",
-    "h1_density",
-    "point_density",
-)
+#: Summary keys sent to the trainer's logs (as ``topo/<key>``;
+#: :data:`hf_tsprompt.metrics.LOGGED_TOPOLOGY_KEYS`).
+LOGGED_KEYS: tuple[str, ...] = LOGGED_TOPOLOGY_KEYS
 
 EvalFn = Callable[[Any], "float | Mapping[str, Any]"]
 
@@ -97,7 +88,7 @@ def _check_every(name: str, value: int | None) -> int | None:
     return value
 
 
-class PersistenceCallback(TrainerCallback):
+class PersistenceCallback(TrainerCallback, MetricSource):
     """Record the prompt's Vietoris-Rips persistence (H0, H1) during training.
 
     Args:
@@ -275,14 +266,14 @@ class PersistenceCallback(TrainerCallback):
         record["compute_seconds"] = compute_s
         write_snapshot(self._dir, record, P if self.save_prompts else None)
         summary = record["summary"]
-        self._pending = {f"topo/{k}": float(summary[k]) for k in LOGGED_KEYS}
+        self._pending = {f"{LOG_PREFIX}{k}": float(summary[k]) for k in LOGGED_KEYS}
         for key, value in (evo or {}).items():
             if key != "previous_step":
-                self._pending[f"topo/{key}"] = float(value)
+                self._pending[f"{LOG_PREFIX}{key}"] = float(value)
         if accuracy is not None:
-            self._pending["topo/accuracy"] = float(accuracy)
+            self._pending[f"{LOG_PREFIX}accuracy"] = float(accuracy)
         for key, value in (record.get("eval") or {}).items():
-            self._pending[f"topo/{key}"] = float(value)
+            self._pending[f"{LOG_PREFIX}{key}"] = float(value)
 
     def _run_eval(self, model: Any) -> tuple[float | None, dict[str, Any] | None]:
         if self.evaluate is None:

@@ -14,8 +14,15 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import UserError
+from .runs import FIGURES_DIR, REPORT_FILE
+
+__all__ = [
+    "EXIT_USER_ERROR",
+    "build_parser",
+    "main",
+]
 
 EXIT_USER_ERROR = 2
 
@@ -87,7 +94,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     if len(args.run_dirs) == 1:
         paths = plot_run(args.run_dirs[0], args.out)
     else:
-        paths = plot_runs(args.run_dirs, args.out or "figures", labels=args.labels)
+        paths = plot_runs(args.run_dirs, args.out or FIGURES_DIR, labels=args.labels)
     for path in paths:
         print(path)
     return 0
@@ -141,7 +148,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.labels and len(args.labels) != len(args.run_dirs):
         raise _usage(f"--labels needs one label per run folder ({len(args.run_dirs)}).")
     out = args.out or (
-        Path(args.run_dirs[0]) / "report.html" if len(args.run_dirs) == 1 else Path("report.html")
+        Path(args.run_dirs[0]) / REPORT_FILE if len(args.run_dirs) == 1 else Path(REPORT_FILE)
     )
     print(build_report(args.run_dirs, out, labels=args.labels))
     return 0

@@ -45,9 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_tsprompt import __version__
 from hf_tsprompt.errors import ConfigError, MissingDependencyError
 from hf_tsprompt.fsutil import FILE_LOCKS, file_lock
+
+from ._version import __version__
 
 __all__ = [
     "CACHE_ENV_VAR",

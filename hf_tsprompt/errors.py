@@ -8,6 +8,16 @@ catching the usual builtins. Messages say what was wrong and how to fix it.
 
 from __future__ import annotations
 
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "HubError",
+    "MissingDependencyError",
+    "MissingFileError",
+    "RunFolderError",
+    "UserError",
+]
+
 
 class UserError(Exception):
     """Base class: an error caused by input the user controls (recipe, paths, arguments)."""

@@ -52,9 +52,19 @@ import numpy as np
 
 from .errors import ConfigError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_json, atomic_write_text, read_json_dict
+from .models import load_base_model
 from .prompts import get_prompt_method, method_of, prompt_method_names, prompt_methods
+from .recipes import load_run_recipe
 from .records import load_prompt, read_records
-from .topology import distance_matrix, persistence_pairs
+from .runs import (
+    ADAPTER_CONFIG_FILE,
+    EXPLAIN_JSON,
+    EXPLAIN_MD,
+    RECIPE_FILE,
+    adapter_dir,
+    read_run,
+)
+from .topology import H0Component, H1Loop, distance_matrix, h0_components, h1_loops
 
 __all__ = [
     "EXPLAIN_JSON",
@@ -81,8 +91,6 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-EXPLAIN_JSON = "explain.json"
-EXPLAIN_MD = "explain.md"
 #: Methods whose prompt is read by the model as input embeddings (so it has nearest tokens),
 #: and the others (key/value prefixes); the built-in table's, as at import.
 VOCAB_METHODS: tuple[str, ...] = tuple(m.name for m in prompt_methods() if m.in_vocabulary_space)
@@ -167,16 +175,14 @@ def _bytes_text(data: bytes) -> str:
 
 def _base_model_ref(run_dir: Path) -> tuple[str, Any]:
     """``(name_or_path, dtype)`` of the run's base model: the recipe, else run.json."""
-    from .pipeline import RECIPE_FILE, load_run_recipe
-
     if (run_dir / RECIPE_FILE).is_file():
         recipe = load_run_recipe(run_dir)
         return str(recipe.model.name_or_path), recipe.model.dtype
-    info = read_json_dict(run_dir / "run.json")
+    info = read_run(run_dir, strict=False)
     for key in ("model_source", "base_model"):
         if isinstance(info.get(key), str) and info[key]:
             return info[key], None
-    adapter = read_json_dict(run_dir / "adapter" / "adapter_config.json")
+    adapter = read_json_dict(adapter_dir(run_dir) / ADAPTER_CONFIG_FILE)
     if isinstance(adapter.get("base_model_name_or_path"), str):
         return adapter["base_model_name_or_path"], None
     raise RunFolderError(
@@ -187,8 +193,6 @@ def _base_model_ref(run_dir: Path) -> tuple[str, Any]:
 
 def load_vocabulary(run_dir: PathLike) -> Vocabulary:
     """Load the run's base model, keep its input embeddings and tokenizer, drop the rest."""
-    from .models import load_base_model
-
     name, dtype = _base_model_ref(Path(run_dir))
     loaded = load_base_model(name, dtype=dtype)
     vocab = Vocabulary.from_model(loaded.model, loaded.tokenizer)
@@ -248,114 +252,6 @@ class TokenNeighbours:
     texts: list[str]
     tokens: list[str]
     cosines: list[float]
-
-
-@dataclass
-class H0Component:
-    """A finite H0 bar [0, death): the component that dies when the edge ``edge`` joins it
-    to a larger one (``members``: its virtual tokens)."""
-
-    death: float
-    edge: tuple[int, int]
-    members: list[int]
-
-
-@dataclass
-class H1Loop:
-    """An H1 bar [birth, death) and the virtual tokens on its representative cycle."""
-
-    birth: float
-    death: float
-    birth_edge: tuple[int, int]
-    death_edge: tuple[int, int]
-    cycle: list[int]
-    survives: bool | None = None
-
-    @property
-    def persistence(self) -> float:
-        return self.death - self.birth
-
-
-def h0_components(D: np.ndarray) -> tuple[list[float], list[H0Component]]:
-    """Per-token merge scales and the finite H0 bars with their dying components.
-
-    Returns ``(merge_scale, bars)``: ``merge_scale[i]`` is token i's nearest-neighbour distance
-    (the scale at which it stops being a component of its own); ``bars`` are the finite H0
-    bars, longest first, each with the members of the component that dies (the smaller one
-    of the merge; see the module docstring).
-    """
-    D = np.asarray(D, dtype=np.float64)
-    n = D.shape[0]
-    if n < 2:
-        return [0.0] * n, []
-    off = D + np.diag(np.full(n, np.inf))
-    merge_scale = [float(v) for v in off.min(axis=1)]
-    parent = list(range(n))
-    members: dict[int, list[int]] = {i: [i] for i in range(n)}
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    bars = []
-    for a, b in persistence_pairs(D).h0_death_edges:  # in increasing length
-        ra, rb = root(int(a)), root(int(b))
-        ma, mb = members[ra], members[rb]
-        # The smaller component dies; at equal size the one with the higher lowest index.
-        dies_a = (len(ma), -min(ma)) < (len(mb), -min(mb))
-        dead, alive = (ra, rb) if dies_a else (rb, ra)
-        bars.append(
-            H0Component(float(D[a, b]), (int(a), int(b)), sorted(members[dead])),
-        )
-        parent[dead] = alive
-        members[alive] = members[alive] + members.pop(dead)
-    bars.sort(key=lambda bar: (-bar.death, bar.members))
-    return merge_scale, bars
-
-
-def _cycle(D: np.ndarray, a: int, b: int) -> list[int]:
-    """Edge (a, b) closed by the shortest path from b to a through shorter edges."""
-    from scipy.sparse.csgraph import dijkstra
-
-    length = D[a, b]
-    for strict in (True, False):  # ties: then allow edges as long as (a, b) itself
-        mask = np.less(D, length) if strict else np.less_equal(D, length)
-        np.fill_diagonal(mask, False)
-        mask[a, b] = mask[b, a] = False
-        # csgraph reads 0 as "no edge": give duplicate points a tiny positive weight.
-        W = np.where(mask, np.maximum(D, np.finfo(np.float64).tiny), 0.0)
-        dist, pred = dijkstra(W, directed=False, indices=b, return_predecessors=True)
-        if np.isfinite(dist[a]):
-            path = [a]
-            while path[-1] != b:
-                path.append(int(pred[path[-1]]))
-            return path  # a ... b; the edge (b, a) closes it
-    return [a, b]
-
-
-def h1_loops(D: np.ndarray) -> list[H1Loop]:
-    """The H1 bars of the Rips filtration of ``D``, most persistent first, with the edges
-    that create and fill each loop (:func:`persistence_pairs`) and a representative cycle."""
-    D = np.asarray(D, dtype=np.float64)
-    pairs = persistence_pairs(D)
-    loops = []
-    for (birth, death), be, de in zip(
-        pairs.h1_diagram, pairs.h1_birth_edges, pairs.h1_death_edges, strict=True
-    ):
-        a, b = int(be[0]), int(be[1])
-        loops.append(
-            H1Loop(
-                birth=float(birth),
-                death=float(death),
-                birth_edge=(a, b),
-                death_edge=(int(de[0]), int(de[1])),
-                cycle=_cycle(D, a, b),
-            )
-        )
-    loops.sort(key=lambda loop: (-loop.persistence, loop.birth))
-    return loops
 
 
 def _jaccard(x: Iterable[int], y: Iterable[int]) -> float:
@@ -465,16 +361,14 @@ JSON_FIELDS: dict[str, str] = {
 
 def _run_method(run_dir: Path) -> str:
     """The peft method: run.json, else the adapter config, else the recipe."""
-    method = read_json_dict(run_dir / "run.json").get("method")
+    method = read_run(run_dir, strict=False).get("method")
     if isinstance(method, str) and method:
         return method
-    cfg = read_json_dict(run_dir / "adapter" / "adapter_config.json")
+    cfg = read_json_dict(adapter_dir(run_dir) / ADAPTER_CONFIG_FILE)
     entry = method_of(cfg, missing_ok=True)
     if entry is not None:
         return entry.name
-    if (run_dir / "recipe.yaml").is_file():
-        from .pipeline import load_run_recipe
-
+    if (run_dir / RECIPE_FILE).is_file():
         return str(load_run_recipe(run_dir).peft.method)
     return "unknown"
 
@@ -553,7 +447,7 @@ def explain_run(
         chosen = [by_step[int(s)] for s in steps]
     prompts = [load_prompt(run, r) for r in chosen]
     n, dim = prompts[0].shape
-    info = read_json_dict(run / "run.json")
+    info = read_run(run, strict=False)
     method = _run_method(run)
 
     note = None

@@ -32,38 +32,69 @@ from urllib.parse import quote
 
 from .errors import HubError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_text, read_json_dict
+from .metrics import (
+    EVOLUTION_TABLE_KEYS,
+    FIG_ACCURACY,
+    FIG_BARCODES,
+    FIG_DIAGRAMS,
+    FIG_ENTROPY,
+    FIG_EVOLUTION,
+    FIG_HEATMAPS,
+    FIG_LOSS,
+    FIG_PCA,
+    FIG_TOPOLOGY_CURVES,
+    SUMMARY_TABLE_KEYS,
+    FigureSpec,
+    format_number,
+    format_value,
+    metric_label,
+)
+from .models import load_base_model
 from .prompts import get_prompt_method, method_of, prompt_method_names
+from .records import evolution_stats, read_records
+from .regularizers import FIELD_PARAMS, WEIGHT
+from .runs import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_FILES,
+    CARD_FILE,
+    EVAL_DIR,
+    EXPLAIN_JSON,
+    FIGURES_DIR,
+    RECIPE_FILE,
+    RECORDS_FILE,
+    RUN_FILE,
+    TOPOLOGY_DIR,
+    find_adapter,
+    read_recipe_text,
+    read_run,
+)
 
 CARD_TEMPLATE = "adapter_card.md.jinja"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-FIGURE_CAPTIONS: dict[str, str] = {
-    "barcodes.png": "Persistence barcodes (H0, H1) at the start, middle and end of training",
-    "diagrams.png": "Persistence diagrams",
-    "topology_curves.png": "H0/H1 counts and mean lifespans during training",
-    "entropy.png": "Persistence entropy during training",
-    "evolution.png": "Structural evolution: diagram distance between consecutive snapshots",
-    "loss.png": "Training loss: total, cross-entropy and TSLoss",
-    "accuracy.png": "Accuracy at the barcode snapshots",
-    "heatmaps.png": "Pairwise distances between prompt vectors",
-    "pca.png": "Prompt vectors over training (PCA)",
-}
-TOPOLOGY_ROWS: tuple[tuple[str, str], ...] = (
-    ("H0 count (components)", "h0_count"),
-    ("H1 count (loops)", "h1_count"),
-    ("mean H0 lifespan", "h0_mean_lifespan"),
-    ("max H0 lifespan", "h0_max_lifespan"),
-    ("mean H1 lifespan", "h1_mean_lifespan"),
-    ("max H1 lifespan", "h1_max_lifespan"),
-    ("persistence entropy", "entropy"),
+#: The figures the card embeds (those the run folder has), captioned as in the report.
+CARD_FIGURES: tuple[FigureSpec, ...] = (
+    FIG_BARCODES,
+    FIG_DIAGRAMS,
+    FIG_TOPOLOGY_CURVES,
+    FIG_ENTROPY,
+    FIG_EVOLUTION,
+    FIG_LOSS,
+    FIG_ACCURACY,
+    FIG_HEATMAPS,
+    FIG_PCA,
+)
+
+#: (label, key) of the card's start / end topology table, the report's table.
+TOPOLOGY_ROWS: tuple[tuple[str, str], ...] = tuple(
+    (metric_label(key), key) for key in SUMMARY_TABLE_KEYS
 )
 #: Files and folders of a run folder that are uploaded (beside the adapter at the root).
 PUSHED_FILES: tuple[str, ...] = (
-    "run.json",
-    "recipe.yaml",
-    "topology/records.jsonl",
-    "explain.json",
+    RUN_FILE,
+    RECIPE_FILE,
+    f"{TOPOLOGY_DIR}/{RECORDS_FILE}",
+    EXPLAIN_JSON,
 )
-PUSHED_GLOBS: tuple[str, ...] = ("figures/*.png", "eval/*.json")
+PUSHED_GLOBS: tuple[str, ...] = (f"{FIGURES_DIR}/*.png", f"{EVAL_DIR}/*.json")
 
 
 def card_template() -> str:
@@ -92,24 +123,13 @@ def card_template() -> str:
 # --- reading a run folder -----------------------------------------------------------------
 
 
-def _adapter_dir(run_dir: Path) -> Path:
-    """Where the adapter files are: ``<run>/adapter`` (our layout) or the folder itself."""
-    for candidate in (run_dir / "adapter", run_dir):
-        if (candidate / "adapter_config.json").is_file():
-            return candidate
-    raise RunFolderError(
-        f"{run_dir} has no trained adapter (adapter/adapter_config.json). Finish the training "
-        "first (`hf-tsprompt train RECIPE`, or `--resume` an interrupted one)."
-    )
-
-
 def run_info(run_dir: str | Path) -> dict[str, Any]:
     """run.json, completed from adapter_config.json when the run was not made by the CLI."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MissingFileError(f"run folder {run_dir} does not exist.")
-    adapter_cfg = read_json_dict(_adapter_dir(run_dir) / "adapter_config.json")
-    info = read_json_dict(run_dir / "run.json")
+    adapter_cfg = read_json_dict(find_adapter(run_dir) / ADAPTER_CONFIG_FILE)
+    info = read_run(run_dir, strict=False)
     method = method_of(adapter_cfg, missing_ok=True)
     info.setdefault("method", method.name if method is not None else "prompt_tuning")
     info.setdefault("num_virtual_tokens", adapter_cfg.get("num_virtual_tokens"))
@@ -118,13 +138,11 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
     return info
 
 
-def _fmt(value: Any, pct: bool = False) -> str:
-    if value is None:
-        return "not measured"
-    if pct:
-        return f"{100 * float(value):.1f}%"
-    if isinstance(value, float):
-        return f"{value:.4g}"
+def _fmt(value: Any) -> str:
+    """A setting's value as the report prints it (:func:`hf_tsprompt.metrics.format_number`;
+    a missing one is :data:`~hf_tsprompt.metrics.MISSING`). Metrics use ``format_value``."""
+    if value is None or isinstance(value, float):
+        return format_number(value)
     return str(value)
 
 
@@ -151,20 +169,16 @@ def _training_rows(info: dict[str, Any], recipe: dict[str, Any]) -> list[tuple[s
         ),
         ("regulariser", _fmt(ts.get("regularizer"))),
     ]
-    for key in (
-        "weight",
-        "beta_h0",
-        "beta_h1",
-        "tau",
-        "alpha",
-        "lambda_repel",
-        "lambda_attract",
-        "variant",
-        "scale",
-    ):
-        if key in ts:
-            symbol = {"weight": "lambda_ts"}.get(key, key)
-            rows.append((f"ts_{key} ({symbol})", _fmt(ts[key])))
+    # The declared ts keys, labelled by their config field (lambda_ts also by its symbol);
+    # then the parameters of a registered regulariser, read from the recipe as written (the
+    # process that renders the card need not have registered it).
+    for param in (WEIGHT, *FIELD_PARAMS):
+        if param.name in ts:
+            symbol = param.symbol if param is WEIGHT else param.name
+            rows.append((f"ts_{param.name} ({symbol})", _fmt(ts[param.name])))
+    params = ts.get("params")
+    for key, value in (params.items() if isinstance(params, dict) else ()):
+        rows.append((f"ts_params.{key}", _fmt(value)))
     for key in (
         "optim",
         "learning_rate",
@@ -198,16 +212,14 @@ def _training_rows(info: dict[str, Any], recipe: dict[str, Any]) -> list[tuple[s
 def _topology_rows(info: dict[str, Any]) -> list[tuple[str, str, str]]:
     start = info.get("topology_start") or {}
     end = info.get("topology_end") or {}
-    rows = []
-    for label, key in TOPOLOGY_ROWS:
-        if key in start or key in end:
-            rows.append((label, _fmt(start.get(key)), _fmt(end.get(key))))
-    return rows
+    return [
+        (label, format_value(key, start.get(key)), format_value(key, end.get(key)))
+        for label, key in TOPOLOGY_ROWS
+        if key in start or key in end
+    ]
 
 
 def _records_steps(run_dir: Path) -> tuple[int | None, int | None]:
-    from .records import read_records
-
     with contextlib.suppress(Exception):
         records = read_records(run_dir)
         if records:
@@ -217,18 +229,17 @@ def _records_steps(run_dir: Path) -> tuple[int | None, int | None]:
 
 def _evolution_rows(run_dir: Path) -> tuple[list[tuple[str, str, str]], int]:
     """(metric, mean, max) of the step-to-step diagram distances, and the interval count."""
-    from .records import evolution_stats, read_records
-
     stats: dict[str, dict[str, Any]] = {}
     with contextlib.suppress(Exception):  # no records: the card has no such table
         stats = evolution_stats(read_records(run_dir))
     rows = [
         (
-            f"H{key[1]} {'Wasserstein (W1)' if 'wasserstein' in key else 'bottleneck'}",
-            _fmt(v["mean"]),
-            _fmt(v["max"]),
+            metric_label(key),
+            format_value(key, stats[key]["mean"]),
+            format_value(key, stats[key]["max"]),
         )
-        for key, v in stats.items()
+        for key in EVOLUTION_TABLE_KEYS
+        if key in stats
     ]
     return rows, next(iter(stats.values()))["intervals"] if stats else 0
 
@@ -238,18 +249,13 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
 
     ``repo_id`` goes into the loading snippet; without it the snippet loads the local adapter.
     """
-    import yaml
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     from .explain import explain_rows
 
     run_dir = Path(run_dir)
     info = run_info(run_dir)
-    recipe_path = run_dir / "recipe.yaml"
-    recipe: dict[str, Any] = {}
-    if recipe_path.is_file():
-        with contextlib.suppress(yaml.YAMLError):
-            recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
+    recipe, _ = read_recipe_text(run_dir, strict=False)
     method = info.get("method", "prompt_tuning")
     method_name, method_tag = _method_card(method)
     base_model = str(info.get("base_model"))
@@ -294,11 +300,11 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
     )
     # A local card names the adapter relative to itself (README.md is at the run folder's root),
     # never by the absolute path of the machine it was rendered on.
-    adapter_ref = repo_id or _adapter_dir(run_dir).relative_to(run_dir).as_posix()
+    adapter_ref = repo_id or find_adapter(run_dir).relative_to(run_dir).as_posix()
     figures = [
-        (caption, f"figures/{name}")
-        for name, caption in FIGURE_CAPTIONS.items()
-        if (run_dir / "figures" / name).is_file()
+        (spec.caption, f"{FIGURES_DIR}/{spec.file}")
+        for spec in CARD_FIGURES
+        if (run_dir / FIGURES_DIR / spec.file).is_file()
     ]
     start_step, end_step = _records_steps(run_dir)
     evolution_rows, evolution_intervals = _evolution_rows(run_dir)
@@ -333,8 +339,10 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
         "base_note": base_note,
         "prefix_method": method in ("prefix_tuning", "p_tuning_v2"),
         "test_size": info.get("test_size", "?"),
-        "accuracy_before": _fmt(info.get("accuracy_before"), pct=True),
-        "accuracy_after": _fmt(info.get("accuracy_after"), pct=True),
+        "accuracy_rows": [
+            (metric_label(key), format_value(key, info.get(key)))
+            for key in ("accuracy_before", "accuracy_after")
+        ],
         "training_rows": _training_rows(info, recipe),
         "topology_rows": _topology_rows(info),
         "evolution_rows": evolution_rows,
@@ -364,7 +372,7 @@ def _py_str(text: str) -> str:
 def save_model_card(run_dir: str | Path, repo_id: str | None = None) -> Path:
     """Render the card into ``<run>/README.md`` (atomically) and return its path."""
     card = build_model_card(run_dir, repo_id)
-    return atomic_write_text(Path(run_dir) / "README.md", str(card))
+    return atomic_write_text(Path(run_dir) / CARD_FILE, str(card))
 
 
 # --- push ---------------------------------------------------------------------------------
@@ -372,7 +380,7 @@ def save_model_card(run_dir: str | Path, repo_id: str | None = None) -> Path:
 
 def _upload_plan(run_dir: Path) -> dict[str, Path]:
     """``{path_in_repo: local file}`` of what a push uploads (the card is added separately)."""
-    adapter = _adapter_dir(run_dir)
+    adapter = find_adapter(run_dir)
     plan: dict[str, Path] = {}
     missing = [name for name in ADAPTER_FILES if not (adapter / name).is_file()]
     if missing:
@@ -452,7 +460,7 @@ def push_to_hub(
         raise HubError(f"repo_id must look like 'user/name', got {repo_id!r}; nothing was pushed.")
     plan = _upload_plan(run_dir)
     card = str(build_model_card(run_dir, repo_id)).encode("utf-8")
-    ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card)]
+    ops = [CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card)]
     ops += [
         CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path))
         for rel, path in plan.items()
@@ -534,8 +542,6 @@ def load_adapter(
     """
     from huggingface_hub import HfApi, ModelCard
     from peft import PeftModel
-
-    from .models import load_base_model
 
     if base_model is None:
         try:

@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,31 +41,51 @@ from typing import Any
 
 from .errors import ConfigError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_json, atomic_write_text
-from .recipes import TRAINING_DEFAULTS, Recipe, recipe_from_dict
-
-RUN_FILE = "run.json"
-RECIPE_FILE = "recipe.yaml"
-ADAPTER_DIR = "adapter"
-EVAL_DIR = "eval"
-FIGURES_DIR = "figures"
-LOCK_FILE = ".lock"
-#: Names a run writes into its folder; ``overwrite`` removes these and nothing else.
-RUN_ARTIFACTS: tuple[str, ...] = (
-    RUN_FILE,
-    RECIPE_FILE,
-    ADAPTER_DIR,
-    EVAL_DIR,
+from .recipes import TRAINING_DEFAULTS, Recipe, load_run_recipe
+from .runs import (
+    ACT_FILE,
+    ADAPTER_FILES,
+    CARD_FILE,
     FIGURES_DIR,
-    "topology",
-    "README.md",
-    "trainer_state.json",
-    "report.html",
-    "explain.json",
-    "explain.md",
-    "analysis.md",
-    "analysis.json",
-    "calibration",
+    RECIPE_FILE,
+    adapter_dir,
+    check_run_folder,
+    clear_run,
+    eval_paths,
+    last_checkpoint,
+    read_run,
+    records_file,
+    run_lock,
+    save_adapter,
+    write_run,
 )
+
+# check_run_folder, last_checkpoint, load_run_recipe, read_run and run_lock stay importable
+# from here; their owners are hf_tsprompt.runs and hf_tsprompt.recipes.
+__all__ = [
+    "SUMMARY_METRICS",
+    "Log",
+    "RunResult",
+    "act_path",
+    "adapter_fingerprint",
+    "calibrate_run",
+    "check_run_folder",
+    "evaluate_run",
+    "format_summary",
+    "last_checkpoint",
+    "load_act",
+    "load_data",
+    "load_run_model",
+    "load_run_recipe",
+    "read_run",
+    "run_lock",
+    "save_act",
+    "snapshot_evaluator",
+    "train_from_recipe",
+    "training_config",
+    "versions",
+]
+
 SUMMARY_METRICS: tuple[str, ...] = (
     "h0_count",
     "h1_count",
@@ -92,179 +111,6 @@ class RunResult:
     global_step: int = 0
     figures: list[Path] = field(default_factory=list)
     is_main_process: bool = True
-
-
-# --- run folder state ---------------------------------------------------------------------
-
-
-def _has_run(run_dir: Path) -> bool:
-    return run_dir.is_dir() and (
-        any((run_dir / name).exists() for name in RUN_ARTIFACTS)
-        or any(run_dir.glob("checkpoint-*"))
-    )
-
-
-def _lock_holder(lock_path: Path) -> str | None:
-    """The pid text of the process holding ``lock_path``, or None when it is free."""
-    import fcntl
-
-    if not lock_path.exists():
-        return None
-    with open(lock_path) as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return fh.read().strip() or "?"
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive OS lock on ``<run>/.lock`` (released even if the process is killed)."""
-    import fcntl
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the block's duration
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            raise RunFolderError(
-                f"run folder {run_dir} is in use by another job (pid {holder}). Wait for it to "
-                "finish, or choose another output_dir (--set output_dir=...)."
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-
-
-def check_run_folder(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse a folder in use, or one holding a run unless overwrite/resume. Writes nothing."""
-    if overwrite and resume:
-        raise ConfigError("--overwrite and --resume exclude each other; pick one.")
-    holder = _lock_holder(run_dir / LOCK_FILE)
-    if holder is not None:
-        raise RunFolderError(
-            f"run folder {run_dir} is in use by another job (pid {holder}). Wait for it to "
-            "finish, or choose another output_dir (--set output_dir=...)."
-        )
-    if resume:
-        if last_checkpoint(run_dir) is None:
-            raise RunFolderError(
-                f"--resume: {run_dir} has no checkpoint-N folder to resume from. Save "
-                "checkpoints with training.save_strategy: steps (and save_steps), or start "
-                "over with --overwrite."
-            )
-        return
-    if _has_run(run_dir) and not overwrite:
-        raise RunFolderError(_previous_run_message(run_dir))
-
-
-def _previous_run_message(run_dir: Path) -> str:
-    """What happened to the run already in ``run_dir``, and which flag applies to it."""
-    try:
-        info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        info = {}
-    status = info.get("status") if isinstance(info, dict) else None
-    step = info.get("global_step") if isinstance(info, dict) else None
-    at = f" at step {step}" if isinstance(step, int) else ""
-    ckpt = last_checkpoint(run_dir)
-    resume = f"--resume to continue from {ckpt.name}, " if ckpt is not None else ""
-    new = "or --set output_dir=... for a new folder."
-    if status == "failed":
-        error = str(info.get("error") or "unknown error").rstrip(".")
-        what = f"the previous run in {run_dir} failed{at}: {error}."
-    elif status == "interrupted":
-        what = f"the previous run in {run_dir} was interrupted (Ctrl-C){at}."
-    elif status == "running":
-        # The lock is free (checked before), so no live job is writing it: it was killed.
-        what = (
-            f"the previous run in {run_dir} stopped without finishing (its run.json still says "
-            "running and no job holds the folder: the job was killed)."
-        )
-    else:
-        return (
-            f"run folder {run_dir} already holds a run. Pass --overwrite to replace it, "
-            f"{resume or '--resume to continue from its last checkpoint, '}{new}"
-        )
-    if ckpt is None:
-        return (
-            f"{what} Pass --overwrite to start it again (--resume does not apply: it saved no "
-            f"checkpoint), {new}"
-        )
-    return f"{what} Pass {resume}--overwrite to start it again, {new}"
-
-
-def _complete_checkpoint(path: Path) -> bool:
-    """Whether a ``checkpoint-N`` folder was fully written: the Trainer writes its
-    ``trainer_state.json`` last, without an atomic rename, so a job killed while writing it
-    leaves a torn file; such a checkpoint is skipped rather than crashing the resume."""
-    try:
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(state, dict) and "global_step" in state
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The ``checkpoint-N`` folder with the largest N that is complete, or None."""
-    best: tuple[int, Path] | None = None
-    for path in run_dir.glob("checkpoint-*"):
-        suffix = path.name.split("-", 1)[1]
-        if not suffix.isdigit() or (best is not None and int(suffix) <= best[0]):
-            continue
-        if _complete_checkpoint(path):
-            best = (int(suffix), path)
-    return best[1] if best else None
-
-
-def _clear_run(run_dir: Path) -> None:
-    for name in RUN_ARTIFACTS:
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    for ckpt in run_dir.glob("checkpoint-*"):
-        if ckpt.is_dir():
-            shutil.rmtree(ckpt)
-
-
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """``run.json`` of a run folder (raises a clear error when it is not one)."""
-    run_dir = Path(run_dir)
-    file = run_dir / RUN_FILE
-    if not run_dir.is_dir():
-        raise MissingFileError(f"run folder {run_dir} does not exist.")
-    if not file.is_file():
-        raise RunFolderError(
-            f"{run_dir} is not a run folder (no {RUN_FILE}); create one with "
-            "`hf-tsprompt train RECIPE`."
-        )
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RunFolderError(f"{file} is corrupt ({err}); re-run the training.") from None
-
-
-def load_run_recipe(run_dir: str | Path) -> Recipe:
-    """The resolved recipe saved in a run folder."""
-    import yaml
-
-    path = Path(run_dir) / RECIPE_FILE
-    if not path.is_file():
-        raise RunFolderError(f"{run_dir} has no {RECIPE_FILE}; it was not made by hf-tsprompt.")
-    return recipe_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), base_dir=run_dir)
 
 
 # --- building blocks ----------------------------------------------------------------------
@@ -351,21 +197,11 @@ def training_config(recipe: Recipe, run_dir: Path):
     }
     values.update(recipe.training)
     _check_training_on_this_machine(values)
-    ts = recipe.ts
     try:
         args = TopologicalPromptConfig(
             output_dir=str(run_dir),
             seed=recipe.seed,
-            ts_regularizer=ts.regularizer,
-            ts_weight=ts.weight,
-            ts_beta_h0=ts.beta_h0,
-            ts_beta_h1=ts.beta_h1,
-            ts_tau=ts.tau,
-            ts_alpha=ts.alpha,
-            ts_lambda_repel=ts.lambda_repel,
-            ts_lambda_attract=ts.lambda_attract,
-            ts_variant=ts.variant,
-            ts_scale=ts.scale,
+            **recipe.ts.ts_arguments(),
             **values,
         )
     except ConfigError:
@@ -444,8 +280,7 @@ def _evaluate(model, tokenizer, task, rows, recipe, run_dir: Path, name: str, pr
         progress=progress,
         max_prompt_tokens=recipe.data.max_length,
     )
-    eval_dir = run_dir / EVAL_DIR
-    save_eval(result, eval_dir / f"{name}.json", eval_dir / f"{name}_predictions.jsonl")
+    save_eval(result, *eval_paths(run_dir, name))
     return result
 
 
@@ -458,6 +293,27 @@ def _summary(record: dict[str, Any] | None) -> dict[str, float]:
 # --- the main job -------------------------------------------------------------------------
 
 
+@dataclass
+class _Prepared:
+    """What stage 1 (:func:`_prepare`) loaded; the later stages read it."""
+
+    recipe: Recipe
+    run_dir: Path
+    args: Any  # the trainer's TrainingArguments
+    state: Any  # accelerate's PartialState
+    loaded: Any  # models.LoadedModel
+    task: Any
+    train_rows: list
+    test_rows: list
+    model: Any  # the peft prompt model
+    train_ds: Any
+    say: Log
+
+    @property
+    def main(self) -> bool:
+        return bool(self.state.is_main_process)
+
+
 def train_from_recipe(
     recipe: Recipe,
     *,
@@ -466,22 +322,78 @@ def train_from_recipe(
     progress: bool = True,
     log: Log = print,
     extra_callbacks: list[Any] | None = None,
+    trainer_cls: type | None = None,
 ) -> RunResult:
     """Run a recipe end to end and write its run folder (see the module docstring).
 
-    Under ``accelerate launch`` / ``torchrun`` every process runs this function: all of them
-    load, check and train; only the main process holds the lock, evaluates before and after,
-    and writes files, while the others wait for it at barriers.
+    Four stages: :func:`_prepare` (check the folder, build the training arguments, load
+    model, data and prompt; writes nothing), :func:`_start` (lock the folder, write the
+    recipe and ``run.json``, evaluate before), :func:`_train` and :func:`_finish` (adapter,
+    evaluate after, ``run.json``, figures, explanation, card). A failure after :func:`_start`
+    is recorded in ``run.json`` (:func:`_outcome_recorded`).
+
+    ``trainer_cls``: the Trainer to train with (default
+    :class:`hf_tsprompt.trainer.TopologicalPromptTrainer`); a subclass of it customises
+    training without re-implementing the run folder. Under ``accelerate launch`` /
+    ``torchrun`` every process runs this function: all of them load, check and train; only
+    the main process holds the lock, evaluates before and after, and writes files, while the
+    others wait for it at barriers.
     """
+    trainer_cls = _trainer_class(trainer_cls)
+    p = _prepare(recipe, overwrite=overwrite, resume=resume, log=log)
+    run_info = _initial_run_info(p)
+    lock = run_lock(p.run_dir) if p.main else contextlib.nullcontext()
+    live: dict[str, Any] = {}  # the trainer, once built: its step goes into a failure record
+    with lock, _outcome_recorded(p.run_dir, run_info, live, enabled=p.main):
+        before = _start(p, run_info, overwrite=overwrite, resume=resume, progress=progress)
+        trainer, train_out = _train(
+            p,
+            trainer_cls,
+            resume=resume,
+            progress=progress,
+            extra_callbacks=extra_callbacks,
+            live=live,
+        )
+        after, figures = _finish(p, trainer, train_out, run_info, before, progress=progress)
+    return RunResult(
+        run_dir=p.run_dir,
+        accuracy_before=before,
+        accuracy_after=after,
+        topology_start=run_info.get("topology_start", {}),
+        topology_end=run_info.get("topology_end", {}),
+        global_step=int(trainer.state.global_step),
+        figures=figures,
+        is_main_process=p.main,
+    )
+
+
+def _trainer_class(trainer_cls: type | None) -> type:
+    from transformers import Trainer
+
+    from .trainer import TopologicalLossMixin, TopologicalPromptTrainer
+
+    if trainer_cls is None:
+        return TopologicalPromptTrainer
+    if not (
+        isinstance(trainer_cls, type)
+        and issubclass(trainer_cls, Trainer)
+        and issubclass(trainer_cls, TopologicalLossMixin)
+    ):
+        raise ConfigError(
+            f"trainer_cls must be a Trainer class with hf_tsprompt's TSLoss (a subclass of "
+            f"TopologicalPromptTrainer or TopologicalSFTTrainer), got {trainer_cls!r}."
+        )
+    return trainer_cls
+
+
+def _prepare(recipe: Recipe, *, overwrite: bool, resume: bool, log: Log) -> _Prepared:
+    """Stage 1: everything that can fail on a bad recipe or a missing file; writes nothing."""
     from accelerate import PartialState
     from transformers import set_seed
 
-    from .callbacks import PersistenceCallback
-    from .data import TrainCollator, build_train_dataset, uses_chat_template
+    from .data import build_train_dataset
     from .models import load_base_model
     from .prompts import get_prompt_model
-    from .records import read_records
-    from .trainer import TopologicalPromptTrainer
 
     run_dir = recipe.run_dir.resolve()
     check_run_folder(run_dir, overwrite=overwrite, resume=resume)
@@ -490,8 +402,7 @@ def train_from_recipe(
     # a bare PartialState() first would settle for a single process under torchrun on CPU.
     _ = args.device
     state = PartialState()
-    main = state.is_main_process
-    say: Log = log if main else (lambda _msg: None)
+    say: Log = log if state.is_main_process else (lambda _msg: None)
 
     say(f"[hf-tsprompt] loading model {recipe.model.name_or_path} ...")
     set_seed(recipe.seed)
@@ -518,118 +429,163 @@ def train_from_recipe(
     )
     # Every rank has checked the folder before the main one starts writing into it.
     state.wait_for_everyone()
+    return _Prepared(
+        recipe, run_dir, args, state, loaded, task, train_rows, test_rows, model, train_ds, say
+    )
 
-    run_info: dict[str, Any] = {
+
+def _initial_run_info(p: _Prepared) -> dict[str, Any]:
+    from .data import uses_chat_template
+
+    recipe, task, test_rows = p.recipe, p.task, p.test_rows
+    return {
         "name": recipe.name,
         "status": "running",
         "started": time.time(),
-        "base_model": loaded.hub_id,
+        "base_model": p.loaded.hub_id,
         "model_source": recipe.model.name_or_path,
-        "license": loaded.license,
+        "license": p.loaded.license,
         "task": task.name,
         "task_config": recipe.data.config,
         "dataset_hub_id": task.hub_id,
         "dataset_source": recipe.data.source,
         "method": recipe.peft.method,
         "num_virtual_tokens": recipe.peft.num_virtual_tokens,
-        "train_size": len(train_rows),
+        "train_size": len(p.train_rows),
         "test_size": len(test_rows),
-        "num_processes": state.num_processes,
-        "chat_template": uses_chat_template(loaded.tokenizer),
+        "num_processes": p.state.num_processes,
+        "chat_template": uses_chat_template(p.loaded.tokenizer),
         "example_prompt": task.user_text(test_rows[0]) if test_rows else None,
         "versions": versions(),
     }
-    lock = run_lock(run_dir) if main else contextlib.nullcontext()
-    live: dict[str, Any] = {}  # the trainer, once built: its step goes into a failure record
-    with lock, _outcome_recorded(run_dir, run_info, live, enabled=main):
-        before = None
-        if main:
-            if overwrite:
-                _clear_run(run_dir)
-            atomic_write_text(run_dir / RECIPE_FILE, recipe.to_yaml())
-            atomic_write_json(run_dir / RUN_FILE, run_info)
-            if recipe.evaluation.before and not resume:
-                say("[hf-tsprompt] accuracy before training ...")
-                before = _evaluate(
-                    model, loaded.tokenizer, task, test_rows, recipe, run_dir, "before", progress
-                ).accuracy
-            elif resume and (run_dir / EVAL_DIR / "before.json").is_file():
-                before = json.loads((run_dir / EVAL_DIR / "before.json").read_text())["accuracy"]
-        state.wait_for_everyone()
 
-        callback = PersistenceCallback(
-            every_n_steps=recipe.topology.every_n_steps,
-            every_n_epochs=recipe.topology.every_n_epochs,
-            evaluate=snapshot_evaluator(recipe, loaded.tokenizer, task, train_rows, test_rows),
-        )
-        args.disable_tqdm = not progress
-        trainer = TopologicalPromptTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_ds,
-            data_collator=TrainCollator(loaded.tokenizer),
-            callbacks=[callback, *(extra_callbacks or [])],
-        )
-        if not progress:
-            from transformers.trainer_callback import PrinterCallback
 
-            # Without tqdm the Trainer prints every log dict instead; quiet means quiet.
-            trainer.remove_callback(PrinterCallback)
-        live["trainer"] = trainer
-        say(f"[hf-tsprompt] training into {run_dir} ...")
-        checkpoint = str(last_checkpoint(run_dir)) if resume else None
-        train_out = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_state()  # main process only (Trainer checks)
+def _start(
+    p: _Prepared, run_info: dict[str, Any], *, overwrite: bool, resume: bool, progress: bool
+) -> float | None:
+    """Stage 2 (inside the lock): write the recipe and ``run.json``; the accuracy before."""
+    before = None
+    if p.main:
+        if overwrite:
+            clear_run(p.run_dir)
+        atomic_write_text(p.run_dir / RECIPE_FILE, p.recipe.to_yaml())
+        write_run(p.run_dir, run_info)
+        before_file = eval_paths(p.run_dir, "before")[0]
+        if p.recipe.evaluation.before and not resume:
+            p.say("[hf-tsprompt] accuracy before training ...")
+            before = _evaluate(
+                p.model,
+                p.loaded.tokenizer,
+                p.task,
+                p.test_rows,
+                p.recipe,
+                p.run_dir,
+                "before",
+                progress,
+            ).accuracy
+        elif resume and before_file.is_file():
+            before = json.loads(before_file.read_text())["accuracy"]
+    p.state.wait_for_everyone()
+    return before
 
-        after = None
-        figures: list[Path] = []
-        if main:
-            # The prompt never changes the vocabulary; "auto" would ask the Hub about the base.
-            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
-                run_dir / ADAPTER_DIR, save_embedding_layers=False
-            )
-            if recipe.evaluation.after:
-                say("[hf-tsprompt] accuracy after training ...")
-                after = _evaluate(
-                    model, loaded.tokenizer, task, test_rows, recipe, run_dir, "after", progress
-                ).accuracy
-            for kind in _inference_baselines(recipe):
-                say(f"[hf-tsprompt] accuracy after training, with {kind.upper()} ...")
-                run_info[f"accuracy_after_{kind}"] = evaluate_run(
-                    run_dir,
-                    calibration="act" if kind == "act" else None,
-                    dpc=kind == "dpc",
-                    progress=progress,
-                    loaded=(model, loaded.tokenizer),
-                ).accuracy
-            records = read_records(run_dir)
-            run_info.update(
-                status="finished",
-                finished=time.time(),
-                global_step=int(trainer.state.global_step),
-                train_runtime=float(train_out.metrics.get("train_runtime", 0.0)),
-                accuracy_before=before,
-                accuracy_after=after,
-                topology_start=_summary(records[0] if records else None),
-                topology_end=_summary(records[-1] if records else None),
-                training=_training_summary(args),
-            )
-            atomic_write_json(run_dir / RUN_FILE, run_info)
-            figures = _figures(run_dir, say)
-            _explain(run_dir, loaded, say)
-            _card(run_dir, say)
-        state.wait_for_everyone()
 
-    return RunResult(
-        run_dir=run_dir,
-        accuracy_before=before,
-        accuracy_after=after,
-        topology_start=run_info.get("topology_start", {}),
-        topology_end=run_info.get("topology_end", {}),
-        global_step=int(trainer.state.global_step),
-        figures=figures,
-        is_main_process=main,
+def _train(
+    p: _Prepared,
+    trainer_cls: type,
+    *,
+    resume: bool,
+    progress: bool,
+    extra_callbacks: list[Any] | None,
+    live: dict[str, Any],
+) -> tuple[Any, Any]:
+    """Stage 3: the Trainer with the barcode callback; returns ``(trainer, train output)``."""
+    from .callbacks import PersistenceCallback
+    from .data import TrainCollator
+
+    recipe = p.recipe
+    callback = PersistenceCallback(
+        every_n_steps=recipe.topology.every_n_steps,
+        every_n_epochs=recipe.topology.every_n_epochs,
+        evaluate=snapshot_evaluator(recipe, p.loaded.tokenizer, p.task, p.train_rows, p.test_rows),
     )
+    p.args.disable_tqdm = not progress
+    trainer = trainer_cls(
+        model=p.model,
+        args=p.args,
+        train_dataset=p.train_ds,
+        data_collator=TrainCollator(p.loaded.tokenizer),
+        callbacks=[callback, *(extra_callbacks or [])],
+    )
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        # Without tqdm the Trainer prints every log dict instead; quiet means quiet.
+        trainer.remove_callback(PrinterCallback)
+    live["trainer"] = trainer
+    p.say(f"[hf-tsprompt] training into {p.run_dir} ...")
+    checkpoint = str(last_checkpoint(p.run_dir)) if resume else None
+    train_out = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_state()  # main process only (Trainer checks)
+    return trainer, train_out
+
+
+def _finish(
+    p: _Prepared,
+    trainer: Any,
+    train_out: Any,
+    run_info: dict[str, Any],
+    before: float | None,
+    *,
+    progress: bool,
+) -> tuple[float | None, list[Path]]:
+    """Stage 4 (main process): adapter, accuracy after (and with ACT / DPC), ``run.json``,
+    figures, explanation, card. Returns ``(accuracy after, figure paths)``."""
+    from .records import read_records
+
+    after = None
+    figures: list[Path] = []
+    if p.main:
+        run_dir, recipe = p.run_dir, p.recipe
+        save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir(run_dir))
+        if recipe.evaluation.after:
+            p.say("[hf-tsprompt] accuracy after training ...")
+            after = _evaluate(
+                p.model,
+                p.loaded.tokenizer,
+                p.task,
+                p.test_rows,
+                recipe,
+                run_dir,
+                "after",
+                progress,
+            ).accuracy
+        for kind in _inference_baselines(recipe):
+            p.say(f"[hf-tsprompt] accuracy after training, with {kind.upper()} ...")
+            run_info[f"accuracy_after_{kind}"] = evaluate_run(
+                run_dir,
+                calibration="act" if kind == "act" else None,
+                dpc=kind == "dpc",
+                progress=progress,
+                loaded=(p.model, p.loaded.tokenizer),
+            ).accuracy
+        records = read_records(run_dir)
+        run_info.update(
+            status="finished",
+            finished=time.time(),
+            global_step=int(trainer.state.global_step),
+            train_runtime=float(train_out.metrics.get("train_runtime", 0.0)),
+            accuracy_before=before,
+            accuracy_after=after,
+            topology_start=_summary(records[0] if records else None),
+            topology_end=_summary(records[-1] if records else None),
+            training=_training_summary(p.args),
+        )
+        write_run(run_dir, run_info)
+        figures = _figures(run_dir, p.say)
+        _explain(run_dir, p.loaded, p.say)
+        _card(run_dir, p.say)
+    p.state.wait_for_everyone()
+    return after, figures
 
 
 @contextlib.contextmanager
@@ -655,7 +611,7 @@ def _outcome_recorded(
                 global_step=int(trainer.state.global_step) if trainer is not None else 0,
             )
             with contextlib.suppress(Exception):  # never hide the original error
-                atomic_write_json(run_dir / RUN_FILE, run_info)
+                write_run(run_dir, run_info)
         raise
 
 
@@ -742,10 +698,10 @@ def format_summary(result: RunResult) -> str:
                     f"    {key:<18} {start.get(key, float('nan')):10.4g} -> {end[key]:10.4g}"
                 )
     lines += [
-        f"  adapter:   {result.run_dir / ADAPTER_DIR}  (PeftModel.from_pretrained(base, path))",
-        f"  barcodes:  {result.run_dir / 'topology' / 'records.jsonl'}",
+        f"  adapter:   {adapter_dir(result.run_dir)}  (PeftModel.from_pretrained(base, path))",
+        f"  barcodes:  {records_file(result.run_dir)}",
         f"  figures:   {result.run_dir / FIGURES_DIR} ({len(result.figures)} PNG)",
-        f"  card:      {result.run_dir / 'README.md'}",
+        f"  card:      {result.run_dir / CARD_FILE}",
     ]
     return "\n".join(lines)
 
@@ -762,15 +718,16 @@ def load_run_model(run_dir: str | Path):
     run_dir = Path(run_dir)
     info = read_run(run_dir)
     recipe = load_run_recipe(run_dir)
-    adapter = run_dir / ADAPTER_DIR
-    if not (adapter / "adapter_config.json").is_file():
+    adapter = adapter_dir(run_dir)
+    config_file, weights_file = ADAPTER_FILES
+    if not (adapter / config_file).is_file():
         raise RunFolderError(
-            f"{run_dir} has no trained adapter ({adapter}/adapter_config.json); the training "
+            f"{run_dir} has no trained adapter ({adapter}/{config_file}); the training "
             "did not finish. Resume it with `hf-tsprompt train RECIPE --resume`."
         )
-    if not (adapter / "adapter_model.safetensors").is_file():
+    if not (adapter / weights_file).is_file():
         raise RunFolderError(
-            f"{adapter} has no adapter_model.safetensors. hf-tsprompt reads weights as "
+            f"{adapter} has no {weights_file}. hf-tsprompt reads weights as "
             "safetensors only (a pickled adapter_model.bin can run code when loaded); re-run "
             "or resume the training to write it."
         )
@@ -823,7 +780,7 @@ def evaluate_run(
         "max_prompt_tokens": recipe.data.max_length,
     }
     if calibration == "act":
-        from .calibration import act_attention, calibrate_run
+        from .calibration import act_attention
 
         act = calibrate_run(run_dir, model=model, tokenizer=tokenizer)
         with act_attention(model, act):
@@ -838,9 +795,90 @@ def evaluate_run(
     else:
         result = evaluate_model(model, tokenizer, task, test_rows, **kwargs)
         name = name or "after"
-    eval_dir = run_dir / EVAL_DIR
-    save_eval(result, eval_dir / f"{name}.json", eval_dir / f"{name}_predictions.jsonl")
+    save_eval(result, *eval_paths(run_dir, name))
     if name == "after" and not calibration and not dpc:
         info["accuracy_after"] = result.accuracy
-        atomic_write_json(run_dir / RUN_FILE, info)
+        write_run(run_dir, info)
     return result
+
+
+# --- ACT heads of a run (hf_tsprompt.calibration is ACT itself) ----------------------------
+
+
+def act_path(run_dir: str | Path) -> Path:
+    """``<run>/calibration/act.json``: ACT's heads, searched once per adapter."""
+    return Path(run_dir) / ACT_FILE
+
+
+def save_act(config: Any, run_dir: str | Path) -> Path:
+    """Write ``config`` to ``<run>/calibration/act.json`` atomically; returns the path."""
+    return atomic_write_json(act_path(run_dir), config.to_dict())
+
+
+def load_act(run_dir: str | Path) -> Any:
+    """The ACT heads saved in a run folder (so every evaluation uses the same heads)."""
+    path = act_path(run_dir)
+    if not path.is_file():
+        raise MissingFileError(
+            f"{path} does not exist: search the heads first (hf_tsprompt.pipeline."
+            "calibrate_run(run_dir), or `hf-tsprompt evaluate RUN_DIR --calibration act`)"
+        )
+    from .calibration import ACTConfig
+
+    return ACTConfig.from_json(path.read_text(encoding="utf-8"))
+
+
+def adapter_fingerprint(run_dir: str | Path) -> str | None:
+    """sha256 over the files of ``<run>/adapter`` (None when there is no adapter folder):
+    ties a saved head search to the exact soft prompt it was searched with."""
+    import hashlib
+
+    adapter = adapter_dir(run_dir)
+    if not adapter.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(adapter).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def calibrate_run(
+    run_dir: str | Path,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    overwrite: bool = False,
+    **search: Any,
+) -> Any:
+    """Load ``<run>/calibration/act.json``, or search ACT's heads on the run's *training*
+    rows and save them there, so every later evaluation uses the same heads.
+
+    A saved search is reused only if it was made with the adapter now in the run folder
+    (:func:`adapter_fingerprint`); otherwise (or with ``overwrite``) the heads are searched
+    again. ``model`` / ``tokenizer`` reuse an already loaded run model (from
+    :func:`hf_tsprompt.pipeline.load_run_model`); ``search`` goes to :func:`find_act_heads`
+    (``batch_size`` and ``max_length`` default to the recipe's evaluation batch size and
+    ``data.max_length``)."""
+    from .calibration import find_act_heads
+
+    run_dir = Path(run_dir)
+    fingerprint = adapter_fingerprint(run_dir)
+    if act_path(run_dir).is_file() and not overwrite:
+        saved = load_act(run_dir)
+        if saved.calibration.get("adapter_sha256") == fingerprint:
+            return saved
+    if model is None or tokenizer is None:
+        model, tokenizer, recipe, _ = load_run_model(run_dir)
+    else:
+        recipe = load_run_recipe(run_dir)
+    task, train_rows, _ = load_data(recipe)
+    search.setdefault("batch_size", recipe.evaluation.batch_size)
+    if recipe.data.max_length:
+        search.setdefault("max_length", recipe.data.max_length)
+    config = find_act_heads(model, tokenizer, task, train_rows, **search)
+    config.calibration.update(
+        rows_source="train", seed=recipe.seed, run=recipe.name, adapter_sha256=fingerprint
+    )
+    save_act(config, run_dir)
+    return config

@@ -39,7 +39,6 @@ import io
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,9 +52,28 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from .analysis import convergence_from_records
 from .errors import ConfigError, MissingFileError
 from .fsutil import atomic_write_bytes
-from .records import load_prompt, read_records
+from .metrics import (
+    FIG_ACCURACY,
+    FIG_BARCODES,
+    FIG_DENSITY,
+    FIG_DIAGRAMS,
+    FIG_ENTROPY,
+    FIG_EVOLUTION,
+    FIG_HEATMAPS,
+    FIG_LOSS,
+    FIG_PCA,
+    FIG_TOPOLOGY_CURVES,
+    FIG_TSNE,
+    LOSS_KEYS,
+    FigureSpec,
+    get_metric,
+    metric_label,
+)
+from .records import evolution_series, load_prompt, read_records
+from .runs import FIGURES_DIR, TRAINER_STATE_FILE, trainer_state_file
 
 __all__ = [
     "plot_accuracy",
@@ -258,6 +276,15 @@ def _style_handle(label: str, ls: str = "-", marker: str | None = None) -> Line2
 # -- persistence diagrams and barcodes (Fig. 1b, 1d) ------------------------------------------
 
 
+def _symbol(key: str) -> str:
+    return get_metric(key).symbol
+
+
+def _counts_text(h0: np.ndarray, h1: np.ndarray) -> str:
+    """``|H0| = 8, |H1| = 2``: a snapshot's feature counts in the paper's symbols."""
+    return f"{_symbol('h0_count')} = {len(h0)}, {_symbol('h1_count')} = {len(h1)}"
+
+
 def _finite_max(diagrams: Iterable[np.ndarray]) -> float:
     values = [d[np.isfinite(d)] for d in diagrams if d.size]
     values = [v for v in values if v.size]
@@ -277,7 +304,7 @@ def plot_diagrams(
     run = Path(run_dir)
     records, reason = _records(run)
     if records is None:
-        return _skip("diagrams", reason)
+        return _skip(FIG_DIAGRAMS.stem, reason)
     chosen = _select(records, steps, 3)
     top = _finite_max(d for r in chosen for d in r["diagrams_np"])
     inf_y = top * 1.08
@@ -312,7 +339,7 @@ def plot_diagrams(
             ax.text(
                 0.97,
                 0.04,
-                f"|H0| = {len(h0)}, |H1| = {len(h1)}",
+                _counts_text(h0, h1),
                 transform=ax.transAxes,
                 ha="right",
                 va="bottom",
@@ -330,8 +357,8 @@ def plot_diagrams(
         if any(len(r["diagrams_np"][1]) for r in chosen):
             handles.insert(2, Line2D([], [], ls="", marker="s", color=H1_COLOR, label="H1 (loops)"))
         _fig_legend(fig, handles)
-        fig.suptitle(f"Persistence diagrams of the soft prompt: {run.resolve().name}")
-        return [_save(fig, out_dir, "diagrams.png")]
+        fig.suptitle(f"{FIG_DIAGRAMS.title}: {run.resolve().name}")
+        return [_save(fig, out_dir, FIG_DIAGRAMS.file)]
 
 
 def plot_barcodes(
@@ -346,7 +373,7 @@ def plot_barcodes(
     run = Path(run_dir)
     records, reason = _records(run)
     if records is None:
-        return _skip("barcodes", reason)
+        return _skip(FIG_BARCODES.stem, reason)
     chosen = _select(records, steps, 3)
     top = _finite_max(d for r in chosen for d in r["diagrams_np"])
     right = top * 1.1
@@ -381,7 +408,7 @@ def plot_barcodes(
             ax.set_yticks([])
             ax.grid(axis="y", visible=False)
             ax.set_xlabel(EPS_LABEL)
-            ax.set_title(_stage_title(rec, first, last) + f"\n|H0| = {len(h0)}, |H1| = {len(h1)}")
+            ax.set_title(_stage_title(rec, first, last) + "\n" + _counts_text(h0, h1))
         handles = [
             Line2D([], [], color=H0_COLOR, lw=3, label="H0 (components)"),
             Line2D([], [], color=H0_COLOR, marker=">", ls="-", label="H0 infinite bar"),
@@ -390,8 +417,8 @@ def plot_barcodes(
             handles.append(Line2D([], [], color=H1_COLOR, lw=3, label="H1 (loops)"))
         _fig_legend(fig, handles)
         axes[0].set_ylabel("features (H0 above, H1 below)")
-        fig.suptitle(f"Persistence barcodes of the soft prompt: {run.resolve().name}")
-        return [_save(fig, out_dir, "barcodes.png")]
+        fig.suptitle(f"{FIG_BARCODES.title}: {run.resolve().name}")
+        return [_save(fig, out_dir, FIG_BARCODES.file)]
 
 
 # -- metric curves over training (Figs. 1a/1c, 2, 6, 10, 11) ----------------------------------
@@ -402,30 +429,31 @@ def _curve_panels(
     out_dir: PathLike,
     labels: Sequence[str] | None,
     *,
-    figure: str,
-    title: str,
-    panels: list[tuple[str, str, list[tuple[str, str, str]], bool]],
+    figure: FigureSpec,
+    panels: list[tuple[str | None, list[tuple[str, str]], bool]],
 ) -> list[Path]:
-    """One panel per ``(title, y label, [(summary key, name, linestyle)], integer_y)``; runs
-    are overlaid in colours, several series of a panel told apart by linestyle."""
+    """One panel per ``(title, [(summary key, linestyle)], integer_y)``; runs are overlaid in
+    colours, several series of a panel told apart by linestyle and named by their metric's
+    label. A panel's title defaults to its metric's label, its y label is the metric's unit."""
     runs = _as_run_list(run_dirs)
-    loaded = _load_runs(runs, _run_labels(runs, labels), figure, min_snapshots=2)
+    loaded = _load_runs(runs, _run_labels(runs, labels), figure.stem, min_snapshots=2)
     if not loaded:
-        return _skip(figure, "no run has two or more topology snapshots")
+        return _skip(figure.stem, "no run has two or more topology snapshots")
     multi = len(loaded) > 1
     styles: dict[str, Line2D] = {}
     with rc_context(STYLE):
         fig, axes = _figure(len(panels), (5.0, 3.8), max_cols=2)
-        for ax, (ptitle, ylabel, series, integer) in zip(axes, panels, strict=True):
+        for ax, (ptitle, series, integer) in zip(axes, panels, strict=True):
             for _, color, records in loaded:
-                for key, _, ls in series:
+                for key, ls in series:
                     steps, values = _series(records, key)
                     ax.plot(steps, values, ls=ls, marker="o", color=color)
             if len(series) > 1:
-                styles.update({name: _style_handle(name, ls, "o") for _, name, ls in series})
-            ax.set_title(ptitle)
+                for key, ls in series:
+                    styles[key] = _style_handle(metric_label(key), ls, "o")
+            ax.set_title(ptitle or metric_label(series[0][0]))
             _step_axis(ax)
-            ax.set_ylabel(ylabel)
+            ax.set_ylabel(get_metric(series[0][0]).unit)
             if integer:
                 ax.yaxis.set_major_locator(MaxNLocator(integer=True))
                 lo, hi = ax.dataLim.intervaly
@@ -433,8 +461,8 @@ def _curve_panels(
                     ax.set_ylim(lo - 1 if lo >= 1 else -0.25, hi + 1)  # counts are >= 0
         _fig_legend(fig, (_run_handles(loaded) if multi else []) + list(styles.values()))
         name = loaded[0][0] if not multi else f"{len(loaded)} runs"
-        fig.suptitle(f"{title}: {name}")
-        return [_save(fig, out_dir, f"{figure}.png")]
+        fig.suptitle(f"{figure.title}: {name}")
+        return [_save(fig, out_dir, figure.file)]
 
 
 def plot_topology_curves(
@@ -449,23 +477,12 @@ def plot_topology_curves(
         run_dirs,
         out_dir,
         labels,
-        figure="topology_curves",
-        title="Topological features over training",
+        figure=FIG_TOPOLOGY_CURVES,
         panels=[
-            ("|H0|: connected components", "number of H0 features", [("h0_count", "", "-")], True),
-            ("|H1|: loops (redundancy)", "number of H1 features", [("h1_count", "", "-")], True),
-            (
-                "mean H0 lifespan",
-                "mean lifespan (distance)",
-                [("h0_mean_lifespan", "", "-")],
-                False,
-            ),
-            (
-                "mean H1 lifespan",
-                "mean lifespan (distance)",
-                [("h1_mean_lifespan", "", "-")],
-                False,
-            ),
+            (None, [("h0_count", "-")], True),
+            (None, [("h1_count", "-")], True),
+            (None, [("h0_mean_lifespan", "-")], False),
+            (None, [("h1_mean_lifespan", "-")], False),
         ],
     )
 
@@ -479,21 +496,14 @@ def plot_entropy(
         run_dirs,
         out_dir,
         labels,
-        figure="entropy",
-        title="Persistence entropy over training",
+        figure=FIG_ENTROPY,
         panels=[
             (
-                "PE over H0 ∪ H1 (the paper's PE)",
-                "persistence entropy (nats)",
-                [("entropy", "", "-")],
+                f"{metric_label('entropy')} over H0 ∪ H1 ({_symbol('entropy')})",
+                [("entropy", "-")],
                 False,
             ),
-            (
-                "PE per homology dimension",
-                "persistence entropy (nats)",
-                [("h0_entropy", "H0 entropy", "-"), ("h1_entropy", "H1 entropy", "--")],
-                False,
-            ),
+            ("per homology dimension", [("h0_entropy", "-"), ("h1_entropy", "--")], False),
         ],
     )
 
@@ -509,12 +519,11 @@ def plot_evolution(
     overlaid. A distance is per snapshot interval, so an uneven schedule (the last step)
     shows as a shorter interval, not a slower change.
     """
-    from .records import evolution_series
-
     runs = _as_run_list(run_dirs)
-    loaded = _load_runs(runs, _run_labels(runs, labels), "evolution", min_snapshots=3)
+    figure = FIG_EVOLUTION
+    loaded = _load_runs(runs, _run_labels(runs, labels), figure.stem, min_snapshots=3)
     if not loaded:
-        return _skip("evolution", "no run has three or more snapshots (two distances)")
+        return _skip(figure.stem, "no run has three or more snapshots (two distances)")
     series = (("h0", "H0", "-"), ("h1", "H1", "--"))
     with rc_context(STYLE):
         fig, axes = _figure(2, (5.0, 3.8), max_cols=2)
@@ -533,23 +542,22 @@ def plot_evolution(
                     ax.plot(steps, [e[f"{dim}_{metric}"] for e in evo], ls=ls, marker="o", c=color)
             ax.set_title(f"{title} to the previous snapshot")
             _step_axis(ax)
-            ax.set_ylabel("distance (prompt-vector units)")
-        return _finish_series_figure(
-            fig, loaded, series, "Structural evolution of the diagrams", out_dir, "evolution.png"
-        )
+            ax.set_ylabel(get_metric(f"h0_{metric}").unit)
+        return _finish_series_figure(fig, loaded, series, figure, out_dir)
 
 
 def _finish_series_figure(
-    fig: Any, loaded: list, series: list, title: str, out_dir: Path, filename: str
+    fig: Any, loaded: list, series: Sequence, figure: FigureSpec, out_dir: PathLike
 ) -> list[Path]:
-    """Legend (runs when several, then one line style per series), title naming the run(s),
-    save: the common end of the figures that overlay several series per run."""
+    """Legend (runs when several, then one line style per ``(key, name, linestyle)`` series),
+    title naming the run(s), save: the common end of the figures that overlay several series
+    per run."""
     multi = len(loaded) > 1
     handles = [_style_handle(name, ls, "o") for _, name, ls in series]
     _fig_legend(fig, (_run_handles(loaded) if multi else []) + handles)
     name = loaded[0][0] if not multi else f"{len(loaded)} runs"
-    fig.suptitle(f"{title}: {name}")
-    return [_save(fig, out_dir, filename)]
+    fig.suptitle(f"{figure.title}: {name}")
+    return [_save(fig, out_dir, figure.file)]
 
 
 def plot_density(
@@ -564,10 +572,13 @@ def plot_density(
     series that starts at 0 has no relative change and is left out of that panel (logged).
     """
     runs = _as_run_list(run_dirs)
-    loaded = _load_runs(runs, _run_labels(runs, labels), "density", min_snapshots=2)
+    figure = FIG_DENSITY
+    loaded = _load_runs(runs, _run_labels(runs, labels), figure.stem, min_snapshots=2)
     if not loaded:
-        return _skip("density", "no run has two or more topology snapshots")
-    series = (("h1_density", "H1 density", "-"), ("point_density", "point density", "--"))
+        return _skip(figure.stem, "no run has two or more topology snapshots")
+    series = tuple(
+        (key, metric_label(key), ls) for key, ls in (("h1_density", "-"), ("point_density", "--"))
+    )
     # (colour, linestyle, steps, % change from the first snapshot)
     relative: list[tuple[Any, str, np.ndarray, np.ndarray]] = []
     for label, color, records in loaded:
@@ -577,24 +588,20 @@ def plot_density(
                 relative.append((color, ls, steps, 100.0 * (values / values[0] - 1.0)))
             elif len(values):
                 logger.warning(
-                    "figure density: %s of run %r starts at 0; no relative change drawn",
+                    "figure %s: %s of run %r starts at 0; no relative change drawn",
+                    figure.stem,
                     key,
                     label,
                 )
     with rc_context(STYLE):
         fig, axes = _figure(3 if relative else 2, (4.6, 3.8), max_cols=3)
-        for ax, (key, _, ls), ylabel in zip(
-            axes,
-            series,
-            ("H1 features per prompt vector", "1 / mean nearest-neighbour distance"),
-            strict=False,
-        ):
+        for ax, (key, name, ls) in zip(axes, series, strict=False):
             for _, color, records in loaded:
                 steps, values = _series(records, key)
                 ax.plot(steps, values, ls=ls, marker="o", color=color)
-            ax.set_title(key.replace("_", " ").replace("h1", "H1"))
+            ax.set_title(name)
             _step_axis(ax)
-            ax.set_ylabel(ylabel)
+            ax.set_ylabel(get_metric(key).unit)
         if relative:
             ax = axes[2]
             for color, ls, steps, change in relative:
@@ -603,9 +610,7 @@ def plot_density(
             ax.set_title("both, relative to the first snapshot")
             _step_axis(ax)
             ax.set_ylabel("change from first snapshot (%)")
-        return _finish_series_figure(
-            fig, loaded, series, "H1 density vs point-cloud density", out_dir, "density.png"
-        )
+        return _finish_series_figure(fig, loaded, series, figure, out_dir)
 
 
 # -- prompt geometry (Figs. 7, 8, 9) ----------------------------------------------------------
@@ -640,10 +645,10 @@ def plot_heatmaps(
     run = Path(run_dir)
     records, reason = _records(run)
     if records is None:
-        return _skip("heatmaps", reason)
-    with_prompts = _prompts(run, records, "heatmaps")
+        return _skip(FIG_HEATMAPS.stem, reason)
+    with_prompts = _prompts(run, records, FIG_HEATMAPS.stem)
     if not with_prompts:
-        return _skip("heatmaps", f"{run} has no saved prompt arrays (save_prompts=False?)")
+        return _skip(FIG_HEATMAPS.stem, f"{run} has no saved prompt arrays (save_prompts=False?)")
     recs = [r for r, _ in with_prompts]
     chosen = {r["step"] for r in _select(recs, steps, 4)}
     mats = [
@@ -665,8 +670,8 @@ def plot_heatmaps(
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
             ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
         fig.colorbar(image, ax=axes, label="Euclidean distance ‖p_i − p_j‖", shrink=0.9)
-        fig.suptitle(f"Pairwise distances between prompt vectors: {run.resolve().name}")
-        return [_save(fig, out_dir, "heatmaps.png")]
+        fig.suptitle(f"{FIG_HEATMAPS.title}: {run.resolve().name}")
+        return [_save(fig, out_dir, FIG_HEATMAPS.file)]
 
 
 def _embedding_figure(
@@ -676,10 +681,11 @@ def _embedding_figure(
     steps: Iterable[int] | None,
     max_stages: int,
     *,
-    figure: str,
+    spec: FigureSpec,
     method: str,
 ) -> list[Path]:
     """Shared body of :func:`plot_pca` and :func:`plot_tsne`: one panel per run."""
+    figure = spec.stem
     runs = _as_run_list(run_dirs_or_dir)
     names = _run_labels(runs, labels)
     panels = []
@@ -708,7 +714,6 @@ def _embedding_figure(
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
-    title = "PCA" if method == "pca" else "t-SNE"
     with rc_context(STYLE):
         fig, axes = _figure(len(panels), (4.6, 4.2), max_cols=3)
         for ax, (name, stages, coords, axis_labels) in zip(axes, panels, strict=True):
@@ -729,8 +734,8 @@ def _embedding_figure(
             ax.set_xlabel(axis_labels[0])
             ax.set_ylabel(axis_labels[1])
         fig.colorbar(ScalarMappable(norm, cmap), ax=axes, label=STEP_LABEL, shrink=0.9)
-        fig.suptitle(f"Soft prompt vectors over training: {title}")
-        return [_save(fig, out_dir, f"{figure}.png")]
+        fig.suptitle(spec.title)
+        return [_save(fig, out_dir, spec.file)]
 
 
 def _embed(X: np.ndarray, method: str) -> tuple[np.ndarray, tuple[str, str]]:
@@ -783,7 +788,7 @@ def plot_pca(
     is drawn faintly. Default stages: up to ``max_stages`` evenly spaced snapshots.
     """
     return _embedding_figure(
-        run_dirs_or_dir, out_dir, labels, steps, max_stages, figure="pca", method="pca"
+        run_dirs_or_dir, out_dir, labels, steps, max_stages, spec=FIG_PCA, method="pca"
     )
 
 
@@ -801,7 +806,7 @@ def plot_tsne(
     for N >= 3 as scikit-learn requires. Runs with fewer than 3 vectors are left out.
     """
     return _embedding_figure(
-        run_dirs_or_dir, out_dir, labels, steps, max_stages, figure="tsne", method="tsne"
+        run_dirs_or_dir, out_dir, labels, steps, max_stages, spec=FIG_TSNE, method="tsne"
     )
 
 
@@ -810,16 +815,9 @@ def plot_tsne(
 
 def _log_history(run: Path) -> tuple[list[dict[str, Any]] | None, str]:
     """``log_history`` of ``<run>/trainer_state.json``, else of the latest checkpoint's."""
-    file = run / "trainer_state.json"
-    if not file.is_file():
-        ckpts = [
-            p
-            for p in run.glob("checkpoint-*")
-            if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()
-        ]
-        if not ckpts:
-            return None, f"{run} has no trainer_state.json"
-        file = max(ckpts, key=lambda p: int(p.name.split("-")[1])) / "trainer_state.json"
+    file = trainer_state_file(run)
+    if file is None:
+        return None, f"{run} has no {TRAINER_STATE_FILE}"
     try:
         history = json.loads(file.read_text(encoding="utf-8")).get("log_history")
     except (OSError, json.JSONDecodeError, AttributeError) as exc:
@@ -861,25 +859,18 @@ def plot_loss(
     for run, name, color in zip(runs, names, colors, strict=True):
         history, reason = _log_history(run)
         if history is None:
-            logger.warning("figure loss: run %r left out: %s", name, reason)
+            logger.warning("figure %s: run %r left out: %s", FIG_LOSS.stem, name, reason)
             continue
         loaded.append((name, color, history))
-    specs = [
-        ("loss", "total loss L_total = L_ce + λ_ts·L_ts", "loss"),
-        ("loss_ce", "cross-entropy L_ce", "loss (nats per token)"),
-        ("loss_ts", "topological loss L_ts (unweighted)", "L_ts"),
-    ]
     panels = [
-        spec
-        for spec in specs
-        if any(len(_history_series(h, spec[0])[0]) >= 2 for _, _, h in loaded)
+        key for key in LOSS_KEYS if any(len(_history_series(h, key)[0]) >= 2 for _, _, h in loaded)
     ]
     if not panels:
-        return _skip("loss", "no run has two or more logged losses in trainer_state.json")
+        return _skip(FIG_LOSS.stem, "no run has two or more logged losses in trainer_state.json")
     multi = len(loaded) > 1
     with rc_context(STYLE):
         fig, axes = _figure(len(panels), (4.8, 3.8), max_cols=3)
-        for ax, (key, ptitle, ylabel) in zip(axes, panels, strict=True):
+        for ax, key in zip(axes, panels, strict=True):
             positive = True
             for _, color, history in loaded:
                 steps, values = _history_series(history, key)
@@ -888,14 +879,14 @@ def plot_loss(
                     ax.plot(steps, values, color=color)
             if key == "loss_ts" and positive:
                 ax.set_yscale("log")
-            ax.set_title(ptitle)
+            ax.set_title(metric_label(key))
             _step_axis(ax)
-            ax.set_ylabel(ylabel)
+            ax.set_ylabel(get_metric(key).unit)
         if multi:
             _fig_legend(fig, [Line2D([], [], color=c, label=n) for n, c, _ in loaded])
         name = loaded[0][0] if not multi else f"{len(loaded)} runs"
-        fig.suptitle(f"Training loss: {name}")
-        return [_save(fig, out_dir, "loss.png")]
+        fig.suptitle(f"{FIG_LOSS.title}: {name}")
+        return [_save(fig, out_dir, FIG_LOSS.file)]
 
 
 def plot_accuracy(
@@ -906,11 +897,10 @@ def plot_accuracy(
     Solid: ``record["accuracy"]``; dashed: ``record["eval"]["train_accuracy"]`` when logged.
     A dotted vertical line marks the first step at 100% training accuracy (Table IV).
     """
-    from .analysis import convergence_from_records
-
     runs = _as_run_list(run_dirs)
     drawn = []
-    for label, color, records in _load_runs(runs, _run_labels(runs, labels), "accuracy"):
+    figure = FIG_ACCURACY
+    for label, color, records in _load_runs(runs, _run_labels(runs, labels), figure.stem):
         acc = [(r["step"], r["accuracy"]) for r in records if r.get("accuracy") is not None]
         train = [
             (r["step"], r["eval"]["train_accuracy"])
@@ -920,10 +910,10 @@ def plot_accuracy(
         if len(acc) >= 2 or len(train) >= 2:
             drawn.append((label, color, acc, train, convergence_from_records(records)))
         elif acc or train:
-            logger.warning("figure accuracy: run %r left out: one accuracy, no curve", label)
+            logger.warning("figure %s: run %r left out: one accuracy, no curve", figure.stem, label)
     if not drawn:
         return _skip(
-            "accuracy", "no run has two or more accuracies (pass evaluate= to the callback)"
+            figure.stem, "no run has two or more accuracies (pass evaluate= to the callback)"
         )
     multi = len(drawn) > 1
     with rc_context(STYLE):
@@ -942,17 +932,17 @@ def plot_accuracy(
             reached = f"100% at step {conv}" if conv is not None else "100% not reached"
             handles.append(Line2D([], [], color=color, marker="o", label=f"{label}: {reached}"))
         if any(acc for _, _, acc, _, _ in drawn):
-            handles.append(_style_handle("accuracy", "-", "o"))
+            handles.append(_style_handle(metric_label("accuracy"), "-", "o"))
         if any(train for _, _, _, train, _ in drawn):
-            handles.append(_style_handle("train accuracy", "--", "."))
+            handles.append(_style_handle(metric_label("train_accuracy"), "--", "."))
         if any(conv is not None for *_, conv in drawn):
             handles.append(_style_handle("first snapshot at 100%", ":"))
         ax.set_ylim(-0.03, 1.05)
         _step_axis(ax)
-        ax.set_ylabel("accuracy (fraction correct)")
-        ax.set_title("Accuracy at topology snapshots" + ("" if multi else f": {drawn[0][0]}"))
+        ax.set_ylabel(f"{metric_label('accuracy')} ({get_metric('accuracy').unit})")
+        ax.set_title(figure.title + ("" if multi else f": {drawn[0][0]}"))
         _fig_legend(fig, handles, loc="outside right upper")
-        return [_save(fig, out_dir, "accuracy.png")]
+        return [_save(fig, out_dir, figure.file)]
 
 
 # -- everything at once -------------------------------------------------------------------------
@@ -963,7 +953,7 @@ def plot_run(run_dir: PathLike, out_dir: PathLike | None = None) -> list[Path]:
     run = Path(run_dir)
     if not run.is_dir():
         raise MissingFileError(f"run folder {run} does not exist.")
-    out = Path(out_dir) if out_dir is not None else run / "figures"
+    out = Path(out_dir) if out_dir is not None else run / FIGURES_DIR
     paths: list[Path] = []
     paths += plot_diagrams(run, out)
     paths += plot_barcodes(run, out)

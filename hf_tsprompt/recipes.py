@@ -42,7 +42,16 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, MissingFileError
+from .hyperparams import Param
 from .prompts import PROMPT_INITS, prompt_method_names, prompt_methods
+from .regularizers import (
+    DEFAULT_REGULARIZER,
+    FIELD_PARAMS,
+    WEIGHT,
+    get_regularizer,
+    list_regularizers,
+)
+from .runs import read_recipe_text
 
 # Paper settings (section V-B).
 PAPER_TRAINING: dict[str, Any] = {
@@ -102,24 +111,41 @@ class PeftSection:
     """Text for ``init: text``."""
 
 
-@dataclass
-class TSSection:
-    """The regulariser (``TopologicalPromptConfig.ts_*``); see ``hf_tsprompt.trainer``."""
+def _with_ts_keys(cls: type) -> type:
+    """Make ``cls`` a dataclass whose fields are the ``ts:`` keys, from the regulariser
+    registry's declarations: ``regularizer``, ``weight``, one key per built-in parameter
+    (:data:`~hf_tsprompt.regularizers.FIELD_PARAMS`) and ``params``."""
+    specs: list[tuple[str, Any, Any]] = [
+        ("regularizer", str, field(default=DEFAULT_REGULARIZER)),
+        *((p.name, p.type, field(default=p.default)) for p in (WEIGHT, *FIELD_PARAMS)),
+        ("params", dict[str, Any], field(default_factory=dict)),
+    ]
+    cls.__annotations__ = {name: tp for name, tp, _ in specs}
+    for name, _, spec in specs:
+        setattr(cls, name, spec)
+    return dataclass(cls)
 
-    regularizer: str = "tsloss"
-    """tsloss | l2 | pdloss | none."""
-    weight: float = 1.0
-    """lambda_ts."""
-    beta_h0: float = 1.0
-    beta_h1: float = 1.0
-    tau: float = 0.1
-    alpha: float = 10.0
-    lambda_repel: float = 1.0
-    lambda_attract: float = 1.0
-    variant: str = "soft"
-    """soft (the paper) | exact (true persistence pairs)."""
-    scale: str = "absolute"
-    """absolute (the paper) | mean (distances divided by their mean: tau, alpha relative)."""
+
+@_with_ts_keys
+class TSSection:
+    """The regulariser (``TopologicalPromptConfig.ts_*``); see ``hf_tsprompt.regularizers``.
+
+    Keys: ``regularizer`` (a registered name: tsloss | l2 | pdloss | none, or one added with
+    ``hf_tsprompt.register_regularizer``), ``weight`` (lambda_ts), TSLoss's ``beta_h0``,
+    ``beta_h1``, ``tau``, ``alpha``, ``lambda_repel``, ``lambda_attract``, ``variant`` (soft,
+    the paper | exact, true persistence pairs) and ``scale`` (absolute, the paper | mean,
+    distances divided by their mean: tau, alpha relative), and ``params``: the parameters of
+    a registered regulariser that have no key of their own (``params: {gamma: 0.3}``).
+    """
+
+    def ts_arguments(self) -> dict[str, Any]:
+        """The ``ts_*`` keyword arguments of ``TopologicalPromptConfig``: ``ts.<key>`` is
+        ``ts_<key>`` (both are built from the same declarations)."""
+        return {
+            f"ts_{f.name}": dict(value) if isinstance(value, dict) else value
+            for f in dataclasses.fields(self)
+            for value in [getattr(self, f.name)]
+        }
 
 
 @dataclass
@@ -173,9 +199,12 @@ class Recipe:
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain YAML-ready data (without internal fields)."""
+        """The recipe as plain YAML-ready data (without internal fields, and without
+        ``ts.params`` when the regulariser has none)."""
         out = dataclasses.asdict(self)
         out.pop("base_dir", None)
+        if not out["ts"]["params"]:
+            del out["ts"]["params"]
         return out
 
     def to_yaml(self) -> str:
@@ -194,9 +223,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "peft.method": prompt_method_names(),  # re-read at validation: registered methods count
     "peft.init": PROMPT_INITS,
-    "ts.regularizer": ("tsloss", "l2", "pdloss", "none"),
-    "ts.variant": ("soft", "exact"),
-    "ts.scale": ("absolute", "mean"),
     "evaluation.calibration": ("none", "act"),
     "topology.evaluate": ("none", "train", "test", "both"),
 }
@@ -205,22 +231,13 @@ _POSITIVE: tuple[str, ...] = (
     "data.test_size",
     "data.max_length",
     "peft.init_std",
-    "ts.tau",
-    "ts.alpha",
     "evaluation.batch_size",
     "evaluation.max_new_tokens",
     "topology.every_n_steps",
     "topology.every_n_epochs",
     "topology.eval_size",
 )
-_NON_NEGATIVE: tuple[str, ...] = (
-    "ts.weight",
-    "ts.beta_h0",
-    "ts.beta_h1",
-    "ts.lambda_repel",
-    "ts.lambda_attract",
-    "seed",
-)
+_NON_NEGATIVE: tuple[str, ...] = ("seed",)
 
 
 def _suggest(key: str, options: typing.Iterable[str]) -> str:
@@ -295,8 +312,9 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     values = {}
     for key, value in raw.items():
         if key not in known:
+            hint = _ts_key_hint(raw, str(key)) if cls is TSSection else ""
             raise ConfigError(
-                f"unknown key {name}.{key} in the recipe.{_suggest(str(key), known)} "
+                f"unknown key {name}.{key} in the recipe.{hint or _suggest(str(key), known)} "
                 f"Known keys of {name!r}: {', '.join(sorted(known))}."
             )
         values[key] = _check_type(f"{name}.{key}", value, hints[key])
@@ -591,6 +609,63 @@ def _get_path(recipe: Recipe, dotted: str) -> Any:
     return obj
 
 
+def _check_declared(where: str, value: Any, param: Param) -> None:
+    """A ``ts`` value against its declaration, in this module's wording."""
+    problem = param.problem(value)
+    if problem is None:
+        return
+    if param.choices is not None:
+        choices = [str(c) for c in param.choices]
+        raise ConfigError(
+            f"{where}={value!r} is not allowed; choose one of {', '.join(choices)}."
+            f"{_suggest(str(value), choices)}"
+        )
+    raise ConfigError(f"{where} {problem}, got {value}.")
+
+
+def _validate_ts(ts: TSSection) -> None:
+    """The ``ts`` section against the regulariser registry (read now: registered ones count)."""
+    names = list_regularizers()
+    if ts.regularizer not in names:
+        raise ConfigError(
+            f"ts.regularizer={ts.regularizer!r} is not allowed; choose one of "
+            f"{', '.join(names)} (or register it with hf_tsprompt.register_regularizer first)."
+            f"{_suggest(str(ts.regularizer), names)}"
+        )
+    for param in (WEIGHT, *FIELD_PARAMS):
+        _check_declared(f"ts.{param.name}", getattr(ts, param.name), param)
+    reg = get_regularizer(ts.regularizer)
+    declared = {p.name: p for p in reg.params}
+    checked: dict[str, Any] = {}
+    for key, value in ts.params.items():
+        if any(key == p.name for p in FIELD_PARAMS):
+            raise ConfigError(f"ts.params.{key}: {key} is a key of 'ts' itself; write ts.{key}.")
+        if key not in declared:
+            listed = ", ".join(declared) or "none"
+            raise ConfigError(
+                f"unknown key ts.params.{key}: regulariser {reg.name!r} has no such parameter "
+                f"(its parameters: {listed}).{_suggest(str(key), declared)}"
+            )
+        param = declared[key]
+        checked[key] = _check_type(f"ts.params.{key}", value, param.type)
+        _check_declared(f"ts.params.{key}", checked[key], param)
+    ts.params = checked
+
+
+def _ts_key_hint(raw: dict[str, Any], key: str) -> str:
+    """Where a misplaced ``ts.<key>`` belongs: a registered regulariser's parameter that has
+    no key of its own goes under ``ts.params``."""
+    name = raw.get("regularizer", DEFAULT_REGULARIZER)
+    if not (isinstance(name, str) and name in list_regularizers()):
+        return ""
+    if any(p.name == key for p in get_regularizer(name).params):
+        return (
+            f" {key} is a parameter of regulariser {name!r}: put it under ts.params "
+            f"(ts: {{params: {{{key}: ...}}}})."
+        )
+    return ""
+
+
 def _validate_values(recipe: Recipe) -> None:
     for dotted, choices in {**_CHOICES, "peft.method": prompt_method_names()}.items():
         value = _get_path(recipe, dotted)
@@ -606,6 +681,7 @@ def _validate_values(recipe: Recipe) -> None:
     for dotted in _NON_NEGATIVE:
         if _get_path(recipe, dotted) < 0:
             raise ConfigError(f"{dotted} must be >= 0, got {_get_path(recipe, dotted)}.")
+    _validate_ts(recipe.ts)
     if recipe.seed >= 2**32:
         raise ConfigError(f"seed must be below 2**32 (torch's limit), got {recipe.seed}.")
     if recipe.peft.num_virtual_tokens < 3:
@@ -803,3 +879,9 @@ def load_recipe(
 def recipe_variants(path: str | Path) -> list[str]:
     """The names of the variants a recipe file (or its bases) declares."""
     return sorted((_resolve_bases(Path(path)).get("variants") or {}).keys())
+
+
+def load_run_recipe(run_dir: str | Path) -> Recipe:
+    """The resolved recipe saved in a run folder (``<run>/recipe.yaml``), validated."""
+    raw, _ = read_recipe_text(run_dir, strict=True)
+    return recipe_from_dict(raw, base_dir=run_dir)

@@ -31,13 +31,11 @@ import numpy as np
 
 from .errors import MissingFileError
 from .fsutil import append_line, atomic_write_bytes, atomic_write_text
+from .runs import PROMPTS_DIR, RECORDS_FILE, TOPOLOGY_DIR
 from .topology import EVOLUTION_KEYS, PersistenceResult, diagrams_from_lists, evolution
 
 logger = logging.getLogger(__name__)
 
-TOPOLOGY_DIR = "topology"
-RECORDS_FILE = "records.jsonl"
-PROMPTS_DIR = "prompts"
 
 
 def topology_dir(path: str | os.PathLike) -> Path:

@@ -31,8 +31,31 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
 from .errors import ConfigError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_text, read_json_dict
+from .metrics import (
+    EVOLUTION_TABLE_KEYS,
+    FIG_ACCURACY,
+    FIG_BARCODES,
+    FIG_DENSITY,
+    FIG_DIAGRAMS,
+    FIG_ENTROPY,
+    FIG_EVOLUTION,
+    FIG_HEATMAPS,
+    FIG_LOSS,
+    FIG_PCA,
+    FIG_TOPOLOGY_CURVES,
+    FIG_TSNE,
+    MISSING,
+    SUMMARY_TABLE_KEYS,
+    FigureSpec,
+    format_number,
+    format_value,
+    metric_label,
+)
+from .records import evolution_stats, read_records
+from .runs import REPORT_FILE, eval_paths, read_recipe_text, read_run, records_file
 
 __all__ = ["FIGURE_SECTIONS", "build_report"]
 
@@ -40,67 +63,29 @@ logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
-#: Per-run sections made of figures: (id suffix, heading, [(file, caption)]).
-FIGURE_SECTIONS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
-    ("loss", "Loss curves", (("loss.png", "Total, cross-entropy and TS loss (Figs. 4, 5)"),)),
-    (
-        "topology",
-        "Topology curves",
-        (
-            ("topology_curves.png", "H0/H1 counts and mean lifespans (Figs. 1a, 1c)"),
-            ("entropy.png", "Persistence entropy (Fig. 2b)"),
-            ("density.png", "H1 density against point-cloud density (Fig. 2a)"),
-            ("evolution.png", "Structural evolution: diagram distance between snapshots"),
-        ),
-    ),
-    (
-        "barcodes",
-        "Barcodes and persistence diagrams",
-        (
-            ("barcodes.png", "Persistence barcodes at the start, middle and end (Fig. 1d)"),
-            ("diagrams.png", "Persistence diagrams (Fig. 1b)"),
-        ),
-    ),
-    ("heatmaps", "Distance heatmaps", (("heatmaps.png", "Pairwise distances (Fig. 7)"),)),
-    (
-        "embedding",
-        "PCA and t-SNE",
-        (
-            ("pca.png", "Prompt vectors over training, PCA (Fig. 8)"),
-            ("tsne.png", "Prompt vectors over training, t-SNE (Fig. 9)"),
-        ),
-    ),
+#: Per-run sections made of figures: (id suffix, heading, figures of :mod:`hf_tsprompt.metrics`),
+#: each captioned with its :attr:`~hf_tsprompt.metrics.FigureSpec.caption`.
+FIGURE_SECTIONS: tuple[tuple[str, str, tuple[FigureSpec, ...]], ...] = (
+    ("loss", "Loss curves", (FIG_LOSS,)),
+    ("topology", "Topology curves", (FIG_TOPOLOGY_CURVES, FIG_ENTROPY, FIG_DENSITY, FIG_EVOLUTION)),
+    ("barcodes", "Barcodes and persistence diagrams", (FIG_BARCODES, FIG_DIAGRAMS)),
+    ("heatmaps", "Distance heatmaps", (FIG_HEATMAPS,)),
+    ("embedding", "PCA and t-SNE", (FIG_PCA, FIG_TSNE)),
 )
-COMPARE_FIGURES: tuple[tuple[str, str], ...] = (
-    ("accuracy.png", "Accuracy at the topology snapshots"),
-    ("loss.png", "Training loss"),
-    ("topology_curves.png", "H0/H1 counts and mean lifespans"),
-    ("entropy.png", "Persistence entropy"),
-    ("density.png", "H1 density against point-cloud density"),
-    ("evolution.png", "Structural evolution: diagram distance between snapshots"),
-    ("pca.png", "PCA, one panel per run"),
-    ("tsne.png", "t-SNE, one panel per run"),
+#: The overlays of :func:`hf_tsprompt.plots.plot_runs` in the comparison section.
+COMPARE_FIGURES: tuple[FigureSpec, ...] = (
+    FIG_ACCURACY,
+    FIG_LOSS,
+    FIG_TOPOLOGY_CURVES,
+    FIG_ENTROPY,
+    FIG_DENSITY,
+    FIG_EVOLUTION,
+    FIG_PCA,
+    FIG_TSNE,
 )
-SIDE_BY_SIDE: tuple[tuple[str, str], ...] = (
-    ("barcodes.png", "Barcodes"),
-    ("heatmaps.png", "Distance heatmaps"),
-)
-SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
-    ("H0 count", "h0_count"),
-    ("H1 count", "h1_count"),
-    ("mean H0 lifespan", "h0_mean_lifespan"),
-    ("mean H1 lifespan", "h1_mean_lifespan"),
-    ("max H0 lifespan", "h0_max_lifespan"),
-    ("max H1 lifespan", "h1_max_lifespan"),
-    ("persistence entropy", "entropy"),
-)
-#: The step-to-step diagram distances (:func:`hf_tsprompt.records.evolution_stats`).
-EVOLUTION_ROWS: tuple[tuple[str, str], ...] = (
-    ("H0 Wasserstein (W1)", "h0_wasserstein"),
-    ("H0 bottleneck", "h0_bottleneck"),
-    ("H1 Wasserstein (W1)", "h1_wasserstein"),
-    ("H1 bottleneck", "h1_bottleneck"),
-)
+
+#: Per-run figures shown side by side in the comparison section.
+SIDE_BY_SIDE: tuple[FigureSpec, ...] = (FIG_BARCODES, FIG_HEATMAPS)
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; max-width: 1600px; }
@@ -124,21 +109,6 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _read_recipe(run: Path) -> tuple[dict[str, Any], str]:
-    """The recipe as a dict and as its YAML text ({} and "" when absent or unreadable)."""
-    import yaml
-
-    path = run / "recipe.yaml"
-    if not path.is_file():
-        return {}, ""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return {}, text
-    return (data if isinstance(data, dict) else {}), text
-
-
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -150,15 +120,14 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _fmt(value: Any, pct: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    if pct and isinstance(value, (int, float)):
-        return f"{100 * float(value):.1f}%"
-    if isinstance(value, float):
-        return f"{value:.4g}"
+def _fmt(value: Any) -> str:
+    """A run.json or recipe value: a float as :func:`~hf_tsprompt.metrics.format_number`
+    prints it, a container as JSON, a missing one as :data:`~hf_tsprompt.metrics.MISSING`.
+    A metric's value goes through :func:`~hf_tsprompt.metrics.format_value` instead."""
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
+    if value is None or isinstance(value, float):
+        return format_number(value)
     return str(value)
 
 
@@ -169,9 +138,9 @@ class _Run:
         self.path = path
         self.index = index
         self.anchor = f"run-{index}"
-        self.info = read_json_dict(path / "run.json")
-        self.recipe, self.recipe_text = _read_recipe(path)
-        if not self.info and not (path / "topology" / "records.jsonl").is_file():
+        self.info = read_run(path, strict=False)
+        self.recipe, self.recipe_text = read_recipe_text(path, strict=False)
+        if not self.info and not records_file(path).is_file():
             raise RunFolderError(
                 f"{path} is not a run folder (no run.json and no topology/records.jsonl); "
                 "create one with `hf-tsprompt train RECIPE`."
@@ -188,8 +157,6 @@ class _Run:
     def evolution(self) -> dict[str, dict[str, Any]]:
         """Mean / max of each step-to-step diagram distance ({} without two snapshots)."""
         if self._evolution is None:
-            from .records import evolution_stats, read_records
-
             try:
                 self._evolution = evolution_stats(read_records(self.path))
             except MissingFileError:
@@ -282,7 +249,7 @@ def _load_explain(run: _Run, vocabs: dict[Any, Any]) -> None:
     )
 
     saved = run.path / EXPLAIN_JSON
-    records = run.path / "topology" / "records.jsonl"
+    records = records_file(run.path)
     try:
         if saved.is_file() and (
             not records.is_file() or saved.stat().st_mtime >= records.stat().st_mtime
@@ -394,12 +361,13 @@ def _config_html(run: _Run) -> str:
 def _accuracy_html(run: _Run) -> str:
     rows = []
     for name in ("before", "after"):
-        ev = read_json_dict(run.path / "eval" / f"{name}.json")
+        ev = read_json_dict(eval_paths(run.path, name)[0])
         acc = run.info.get(f"accuracy_{name}", ev.get("accuracy"))
         counts = f"{ev['correct']} / {ev['total']}" if "correct" in ev and "total" in ev else ""
-        rows.append((f"{name} training", _fmt(acc, pct=True), counts))
-    return _table(["test accuracy", "accuracy", "correct / total"], rows) + _figure(
-        run.figures.get("accuracy.png"), "Accuracy at the topology snapshots", "accuracy"
+        key = f"accuracy_{name}"
+        rows.append((metric_label(key), format_value(key, acc), counts))
+    return _table(["metric", "value", "correct / total"], rows) + _figure(
+        run.figures.get(FIG_ACCURACY.file), FIG_ACCURACY.caption, FIG_ACCURACY.stem
     )
 
 
@@ -407,8 +375,8 @@ def _topology_table(run: _Run) -> str:
     start = run.info.get("topology_start") or {}
     end = run.info.get("topology_end") or {}
     rows = [
-        (label, _fmt(start.get(key)), _fmt(end.get(key)))
-        for label, key in SUMMARY_ROWS
+        (metric_label(key), format_value(key, start.get(key)), format_value(key, end.get(key)))
+        for key in SUMMARY_TABLE_KEYS
         if key in start or key in end
     ]
     return _table(["metric", "start", "end"], rows, num_cols=2) if rows else ""
@@ -420,8 +388,12 @@ def _evolution_table(run: _Run) -> str:
         return ""
     intervals = next(iter(stats.values()))["intervals"]
     rows = [
-        (label, _fmt(stats[key]["mean"]), _fmt(stats[key]["max"]))
-        for label, key in EVOLUTION_ROWS
+        (
+            metric_label(key),
+            format_value(key, stats[key]["mean"]),
+            format_value(key, stats[key]["max"]),
+        )
+        for key in EVOLUTION_TABLE_KEYS
         if key in stats
     ]
     note = (
@@ -441,8 +413,8 @@ def _run_html(run: _Run) -> str:
     ]
     for key, heading, figures in FIGURE_SECTIONS:
         body = "".join(
-            _figure(run.figures.get(name), caption, f"{name} of {run.label}")
-            for name, caption in figures
+            _figure(run.figures.get(spec.file), spec.caption, f"{spec.file} of {run.label}")
+            for spec in figures
         )
         if key == "topology":
             body = _topology_table(run) + _evolution_table(run) + body
@@ -470,27 +442,28 @@ def _compare_html(runs: list[_Run], figures: dict[str, Path], notes: list[str]) 
         row("regulariser", lambda r: _fmt((r.recipe.get("ts") or {}).get("regularizer"))),
         row("λ_ts (ts.weight)", lambda r: _fmt((r.recipe.get("ts") or {}).get("weight"))),
         row("optimiser steps", lambda r: _fmt(r.info.get("global_step"))),
-        row("accuracy before", lambda r: _fmt(r.info.get("accuracy_before"), pct=True)),
-        row("accuracy after", lambda r: _fmt(r.info.get("accuracy_after"), pct=True)),
     ]
-    for label, key in SUMMARY_ROWS:
+    for key in ("accuracy_before", "accuracy_after"):
+        rows.append(row(metric_label(key), lambda r, k=key: format_value(k, r.info.get(k))))
+    for key in SUMMARY_TABLE_KEYS:
         rows.append(
             row(
-                f"{label} (start → end)",
+                f"{metric_label(key)} (start → end)",
                 lambda r, k=key: (
-                    f"{_fmt((r.info.get('topology_start') or {}).get(k))} → "
-                    f"{_fmt((r.info.get('topology_end') or {}).get(k))}"
+                    f"{format_value(k, (r.info.get('topology_start') or {}).get(k))} → "
+                    f"{format_value(k, (r.info.get('topology_end') or {}).get(k))}"
                 ),
             )
         )
-    for label, key in EVOLUTION_ROWS:
+    for key in EVOLUTION_TABLE_KEYS:
         rows.append(
             row(
-                f"{label} to the previous snapshot (mean / max)",
+                f"{metric_label(key)} to the previous snapshot (mean / max)",
                 lambda r, k=key: (
-                    f"{_fmt(r.evolution[k]['mean'])} / {_fmt(r.evolution[k]['max'])}"
+                    f"{format_value(k, r.evolution[k]['mean'])} / "
+                    f"{format_value(k, r.evolution[k]['max'])}"
                     if k in r.evolution
-                    else "n/a"
+                    else MISSING
                 ),
             )
         )
@@ -507,16 +480,16 @@ def _compare_html(runs: list[_Run], figures: dict[str, Path], notes: list[str]) 
     parts.append('<h3 id="compare-recipe">Recipe keys that differ</h3>')
     parts.append(_table(["key", *(r.label for r in runs)], differ) if differ else "<p>none</p>")
     parts.append('<h3 id="compare-figures">Overlays</h3>')
-    parts += [_figure(figures.get(name), caption, caption) for name, caption in COMPARE_FIGURES]
+    parts += [_figure(figures.get(f.file), f.title, f.title) for f in COMPARE_FIGURES]
     parts.append('<h3 id="compare-side-by-side">Side by side</h3>')
     cols = f"grid-template-columns: repeat({len(runs)}, minmax(0, 1fr));"
-    for name, caption in SIDE_BY_SIDE:
+    for spec in SIDE_BY_SIDE:
         cells = "".join(
             f"<div><strong>{_e(r.label)}</strong>"
-            f"{_figure(r.figures.get(name), caption, f'{caption} of {r.label}')}</div>"
+            f"{_figure(r.figures.get(spec.file), spec.title, f'{spec.title} of {r.label}')}</div>"
             for r in runs
         )
-        parts.append(f'<h4>{_e(caption)}</h4><div class="grid" style="{cols}">{cells}</div>')
+        parts.append(f'<h4>{_e(spec.title)}</h4><div class="grid" style="{cols}">{cells}</div>')
     if notes:
         items = "".join(f"<li>{_e(n)}</li>" for n in notes)
         parts.append(f'<ul class="note">{items}</ul>')
@@ -560,7 +533,7 @@ def build_report(
     _unique_labels(runs, labels)
     out = Path(out_path)
     if out.is_dir():
-        out = out / "report.html"
+        out = out / REPORT_FILE
 
     vocabs: dict[Any, Any] = {}
     with tempfile.TemporaryDirectory(prefix="hf-tsprompt-report-") as tmp:
@@ -592,7 +565,6 @@ def build_report(
     nav = "".join(f'<a href="#{r.anchor}">{_e(r.label)}</a>' for r in runs)
     if len(runs) > 1:
         nav = '<a href="#compare">Comparison</a>' + nav
-    from . import __version__ as version
 
     doc = (
         "<!DOCTYPE html>\n"
@@ -600,7 +572,7 @@ def build_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(page_title)}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{_e(page_title)}</h1>"
-        f'<p class="muted">hf-tsprompt {_e(version)}: {len(runs)} run(s). Soft prompt '
+        f'<p class="muted">hf-tsprompt {_e(__version__)}: {len(runs)} run(s). Soft prompt '
         "topology during training (persistent homology of the prompt vectors).</p>"
         f"<nav>{nav}</nav></header>" + "".join(body) + "</body></html>\n"
     )

@@ -38,6 +38,26 @@ import numpy as np
 from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import pdist, squareform
 
+__all__ = [
+    "DIAGRAM_METRICS",
+    "EVOLUTION_KEYS",
+    "SUMMARY_KEYS",
+    "H0Component",
+    "H1Loop",
+    "PersistencePairs",
+    "PersistenceResult",
+    "diagram_distance",
+    "diagrams_from_lists",
+    "distance_matrix",
+    "evolution",
+    "finite_lifespans",
+    "h0_components",
+    "h1_loops",
+    "persistence",
+    "persistence_entropy",
+    "persistence_pairs",
+]
+
 SUMMARY_KEYS: tuple[str, ...] = (
     "n_points",
     "h0_count",
@@ -411,3 +431,116 @@ def persistence_pairs(D: np.ndarray) -> PersistencePairs:
         empty = np.zeros((0, 2), dtype=np.int64)
         return PersistencePairs(h0, empty, empty, np.zeros((0, 2)))
     return PersistencePairs(h0, edges_for(dgm1[:, 0]), edges_for(dgm1[:, 1]), dgm1)
+
+
+# --- attribution: which tokens make a bar (hf_tsprompt.explain names them) ----------------
+
+
+@dataclass
+class H0Component:
+    """A finite H0 bar [0, death): the component that dies when the edge ``edge`` joins it
+    to a larger one (``members``: its virtual tokens)."""
+
+    death: float
+    edge: tuple[int, int]
+    members: list[int]
+
+
+@dataclass
+class H1Loop:
+    """An H1 bar [birth, death) and the virtual tokens on its representative cycle."""
+
+    birth: float
+    death: float
+    birth_edge: tuple[int, int]
+    death_edge: tuple[int, int]
+    cycle: list[int]
+    survives: bool | None = None
+
+    @property
+    def persistence(self) -> float:
+        return self.death - self.birth
+
+
+def h0_components(D: np.ndarray) -> tuple[list[float], list[H0Component]]:
+    """Per-token merge scales and the finite H0 bars with their dying components.
+
+    Returns ``(merge_scale, bars)``: ``merge_scale[i]`` is token i's nearest-neighbour distance
+    (the scale at which it stops being a component of its own); ``bars`` are the finite H0
+    bars, longest first, each with the members of the component that dies. The MST edges are
+    processed in increasing length (single linkage); all births are 0, so the elder rule does
+    not decide which bar a merge ends: the *smaller* component dies (ties: the one whose
+    lowest index is higher). ``hf_tsprompt.explain`` names these members' nearest tokens.
+    """
+    D = np.asarray(D, dtype=np.float64)
+    n = D.shape[0]
+    if n < 2:
+        return [0.0] * n, []
+    off = D + np.diag(np.full(n, np.inf))
+    merge_scale = [float(v) for v in off.min(axis=1)]
+    parent = list(range(n))
+    members: dict[int, list[int]] = {i: [i] for i in range(n)}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    bars = []
+    for a, b in persistence_pairs(D).h0_death_edges:  # in increasing length
+        ra, rb = root(int(a)), root(int(b))
+        ma, mb = members[ra], members[rb]
+        # The smaller component dies; at equal size the one with the higher lowest index.
+        dies_a = (len(ma), -min(ma)) < (len(mb), -min(mb))
+        dead, alive = (ra, rb) if dies_a else (rb, ra)
+        bars.append(
+            H0Component(float(D[a, b]), (int(a), int(b)), sorted(members[dead])),
+        )
+        parent[dead] = alive
+        members[alive] = members[alive] + members.pop(dead)
+    bars.sort(key=lambda bar: (-bar.death, bar.members))
+    return merge_scale, bars
+
+
+def _cycle(D: np.ndarray, a: int, b: int) -> list[int]:
+    """Edge (a, b) closed by the shortest path from b to a through shorter edges."""
+    from scipy.sparse.csgraph import dijkstra
+
+    length = D[a, b]
+    for strict in (True, False):  # ties: then allow edges as long as (a, b) itself
+        mask = np.less(D, length) if strict else np.less_equal(D, length)
+        np.fill_diagonal(mask, False)
+        mask[a, b] = mask[b, a] = False
+        # csgraph reads 0 as "no edge": give duplicate points a tiny positive weight.
+        W = np.where(mask, np.maximum(D, np.finfo(np.float64).tiny), 0.0)
+        dist, pred = dijkstra(W, directed=False, indices=b, return_predecessors=True)
+        if np.isfinite(dist[a]):
+            path = [a]
+            while path[-1] != b:
+                path.append(int(pred[path[-1]]))
+            return path  # a ... b; the edge (b, a) closes it
+    return [a, b]
+
+
+def h1_loops(D: np.ndarray) -> list[H1Loop]:
+    """The H1 bars of the Rips filtration of ``D``, most persistent first, with the edges
+    that create and fill each loop (:func:`persistence_pairs`) and a representative cycle."""
+    D = np.asarray(D, dtype=np.float64)
+    pairs = persistence_pairs(D)
+    loops = []
+    for (birth, death), be, de in zip(
+        pairs.h1_diagram, pairs.h1_birth_edges, pairs.h1_death_edges, strict=True
+    ):
+        a, b = int(be[0]), int(be[1])
+        loops.append(
+            H1Loop(
+                birth=float(birth),
+                death=float(death),
+                birth_edge=(a, b),
+                death_edge=(int(de[0]), int(de[1])),
+                cycle=_cycle(D, a, b),
+            )
+        )
+    loops.sort(key=lambda loop: (-loop.persistence, loop.birth))
+    return loops

@@ -31,101 +31,154 @@ stay exact.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import Trainer, TrainingArguments
 
 from .errors import ConfigError
-from .losses import REGULARIZERS, SCALES, VARIANTS, l2_loss, pairwise_distance_loss, ts_loss
 from .prompts import PromptCapture, get_prompt_peft_model, method_of, prompt_matrix
+from .regularizers import (
+    DEFAULT_REGULARIZER,
+    FIELD_PARAMS,
+    WEIGHT,
+    Param,
+    get_regularizer,
+    list_regularizers,
+)
 from .runs import adapter_dir, adapter_save_kwargs, save_adapter
 
 
-@dataclass
+def _regularizer_help() -> str:
+    """``'tsloss' (the paper, Eq. 6), ... or 'none' (plain cross-entropy)``."""
+    items = []
+    for name in list_regularizers():
+        about = get_regularizer(name).help
+        items.append(f"'{name}' ({about})" if about else f"'{name}'")
+    listed = ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else items[0]
+    return f"Regulariser on the soft prompt: {listed}."
+
+
+def _with_ts_fields(cls: type) -> type:
+    """Make ``cls`` a dataclass whose ``ts_*`` fields come from the regulariser registry:
+    ``ts_regularizer``, ``ts_weight`` (:data:`~hf_tsprompt.regularizers.WEIGHT`), one field
+    per built-in parameter (:data:`~hf_tsprompt.regularizers.FIELD_PARAMS`: name, type,
+    default and ``[symbol] help`` from its declaration), ``ts_params`` and ``ts_adapter``."""
+
+    def declared(p: Param) -> tuple[str, type, Any]:
+        return f"ts_{p.name}", p.type, field(default=p.default, metadata={"help": p.description})
+
+    specs = [
+        (
+            "ts_regularizer",
+            str,
+            field(default=DEFAULT_REGULARIZER, metadata={"help": _regularizer_help()}),
+        ),
+        declared(WEIGHT),
+        *(declared(p) for p in FIELD_PARAMS),
+        (
+            "ts_params",
+            dict | str | None,
+            field(
+                default=None,
+                metadata={
+                    "help": "Parameters of a regulariser registered with "
+                    "hf_tsprompt.register_regularizer that have no ts_* field of their own, "
+                    'e.g. {"gamma": 0.3} (a JSON string on the command line).'
+                },
+            ),
+        ),
+        (
+            "ts_adapter",
+            str | None,
+            field(
+                default=None,
+                metadata={
+                    "help": "peft adapter whose prompt is regularised (default: the active one)."
+                },
+            ),
+        ),
+    ]
+    cls.__annotations__ = {name: tp for name, tp, _ in specs}
+    for name, _, spec in specs:
+        setattr(cls, name, spec)
+    return dataclass(cls)
+
+
+@_with_ts_fields
 class TSArguments:
     """The ``ts_*`` fields shared by :class:`TopologicalPromptConfig` and the TRL variant.
 
-    Paper symbols in brackets; defaults follow section V-B where the paper gives a value.
+    Built from the declarations in :mod:`hf_tsprompt.regularizers` (paper symbols in brackets
+    in each field's help; defaults follow section V-B where the paper gives a value):
+    ``ts_regularizer`` (a registered name), ``ts_weight`` (lambda_ts), ``ts_beta_h0``,
+    ``ts_beta_h1``, ``ts_tau``, ``ts_alpha``, ``ts_lambda_repel``, ``ts_lambda_attract``,
+    ``ts_variant``, ``ts_scale`` (TSLoss's), ``ts_params`` (the parameters of a registered
+    regulariser that have no field of their own) and ``ts_adapter``.
     """
-
-    ts_regularizer: str = field(
-        default="tsloss",
-        metadata={
-            "help": "Regulariser on the soft prompt: 'tsloss' (the paper, Eq. 6), 'l2' (+L2-Reg "
-            "baseline), 'pdloss' (+PDLoss baseline) or 'none' (plain cross-entropy)."
-        },
-    )
-    ts_weight: float = field(
-        default=1.0,
-        metadata={"help": "[lambda_ts] Weight of the regulariser: L = L_ce + ts_weight * L_reg."},
-    )
-    ts_beta_h0: float = field(default=1.0, metadata={"help": "[beta_H0] Weight of L_H0 (Eq. 6)."})
-    ts_beta_h1: float = field(default=1.0, metadata={"help": "[beta_H1] Weight of L_H1 (Eq. 6)."})
-    ts_tau: float = field(
-        default=0.1,
-        metadata={"help": "[tau] Temperature of the soft nearest-neighbour distance (Eq. 1)."},
-    )
-    ts_alpha: float = field(
-        default=10.0,
-        metadata={"help": "[alpha] Sharpness of the soft quantiles delta, zeta (Eq. 5)."},
-    )
-    ts_lambda_repel: float = field(
-        default=1.0, metadata={"help": "[lambda_repel] Weight of the repulsion term (Eq. 3)."}
-    )
-    ts_lambda_attract: float = field(
-        default=1.0, metadata={"help": "[lambda_attract] Weight of the attraction term (Eq. 3)."}
-    )
-    ts_variant: str = field(
-        default="soft",
-        metadata={
-            "help": "'soft' (the paper's soft nearest-neighbour / soft-quantile form) or 'exact' "
-            "(true persistence pairs, see hf_tsprompt.losses.exact_ts_terms)."
-        },
-    )
-    ts_scale: str = field(
-        default="absolute",
-        metadata={
-            "help": "'absolute' (the paper: distances as they are) or 'mean' (scale-free: "
-            "distances divided by their mean, so tau and alpha are relative)."
-        },
-    )
-    ts_adapter: str | None = field(
-        default=None,
-        metadata={"help": "peft adapter whose prompt is regularised (default: the active one)."},
-    )
 
     def validate_ts(self) -> None:
         """Raise :class:`ConfigError` naming the first bad ``ts_*`` field."""
-        if self.ts_regularizer not in REGULARIZERS:
+        names = list_regularizers()
+        if self.ts_regularizer not in names:
             raise ConfigError(
                 f"ts_regularizer={self.ts_regularizer!r} is unknown; choose one of "
-                f"{', '.join(REGULARIZERS)}."
+                f"{', '.join(names)} (or register it with hf_tsprompt.register_regularizer)."
             )
-        if self.ts_scale not in SCALES:
-            raise ConfigError(
-                f"ts_scale={self.ts_scale!r} is unknown; choose one of {', '.join(SCALES)}."
-            )
-        if self.ts_variant not in VARIANTS:
-            raise ConfigError(
-                f"ts_variant={self.ts_variant!r} is unknown; choose one of {', '.join(VARIANTS)}."
-            )
-        weights = ("ts_weight", "ts_beta_h0", "ts_beta_h1", "ts_lambda_repel", "ts_lambda_attract")
-        for name in weights:
+        for p in (WEIGHT, *FIELD_PARAMS):
+            name = f"ts_{p.name}"
             value = getattr(self, name)
-            if not _is_number(value) or value < 0:
-                raise ConfigError(f"{name} must be a number >= 0, got {value!r}.")
-        for name in ("ts_tau", "ts_alpha"):
-            value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
-                raise ConfigError(f"{name} must be a number > 0, got {value!r}.")
+            if p.problem(value) is None:
+                continue
+            if p.choices is not None:
+                choices = ", ".join(str(c) for c in p.choices)
+                raise ConfigError(f"{name}={value!r} is unknown; choose one of {choices}.")
+            raise ConfigError(f"{name} must be {p.requirement}, got {value!r}.")
+        if isinstance(self.ts_params, str):
+            # A JSON object from the command line, as TrainingArguments reads its dict fields.
+            self.ts_params = _json_mapping("ts_params", self.ts_params)
+        self.ts_regularizer_params()
+
+    def ts_regularizer_params(self) -> dict[str, Any]:
+        """The chosen regulariser's parameters, checked: from its ``ts_<name>`` field where
+        the parameter has one, else from ``ts_params``, else the declared default.
+
+        Raises:
+            ConfigError: ``ts_params`` is not a mapping, names a parameter the regulariser
+                does not declare or one that has a field of its own, or holds a bad value.
+        """
+        reg = get_regularizer(self.ts_regularizer)
+        extra = self.ts_params if self.ts_params is not None else {}
+        if not isinstance(extra, Mapping):
+            raise ConfigError(
+                f"ts_params must be a mapping of parameter name -> value, got {extra!r}."
+            )
+        fields = {p.name for p in FIELD_PARAMS}
+        for key in extra:
+            if key in fields:
+                raise ConfigError(
+                    f"ts_params[{key!r}]: {key} has a field of its own; set ts_{key} instead."
+                )
+        values = {p.name: getattr(self, f"ts_{p.name}") for p in reg.params if p.name in fields}
+        values.update(extra)
+        return reg.resolve(
+            values, where=lambda k: f"ts_{k}" if k in fields else f"ts_params[{k!r}]"
+        )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+def _json_mapping(name: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{name}={text!r} is not valid JSON ({err}).") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a JSON object like '{{\"gamma\": 0.3}}', got {text!r}.")
+    return value
 
 
 @dataclass
@@ -139,6 +192,21 @@ class TopologicalPromptConfig(TrainingArguments, TSArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.validate_ts()
+
+
+@runtime_checkable
+class MetricSource(Protocol):
+    """The trainer-to-callback metric hand-over: a callback that has metrics for the log.
+
+    At every log, :class:`TopologicalLossMixin` adds ``pop_pending_logs()`` of each callback
+    that implements this to the logged dict, beside its own ``loss_ce`` / ``loss_ts`` /
+    ``ts_*``, so the metrics reach ``log_history`` and every integration at the same step.
+    ``hf_tsprompt.callbacks.PersistenceCallback`` implements it (its ``topo/*`` metrics).
+    """
+
+    def pop_pending_logs(self) -> dict[str, float]:
+        """The metrics not yet logged; each is returned once."""
+        ...
 
 
 class TopologicalLossMixin:
@@ -191,8 +259,11 @@ class TopologicalLossMixin:
             del model.save_pretrained  # back to the class's own method
 
     def regularizer(self, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
-        """The unweighted regulariser L_reg on the prompt of ``model`` and its parts for logging."""
+        """The unweighted regulariser L_reg on the prompt of ``model`` and its parts for logging
+        (``args.ts_regularizer`` from :mod:`hf_tsprompt.regularizers`, with its parameters)."""
         args = self.args
+        reg = get_regularizer(args.ts_regularizer)
+        params = args.ts_regularizer_params()
         # The prompt from this step's forward pass (full even under FSDP / ZeRO-3); outside a
         # forward pass (a direct call) it is read from the parameters.
         P = self._prompt_capture.take()
@@ -201,30 +272,7 @@ class TopologicalLossMixin:
         device_type = P.device.type if P.device.type in ("cpu", "cuda", "xpu", "mps") else "cpu"
         # The regulariser is computed in float32 whatever the model's mixed-precision setting.
         with torch.autocast(device_type=device_type, enabled=False):
-            if args.ts_regularizer == "tsloss":
-                out = ts_loss(
-                    P,
-                    tau=args.ts_tau,
-                    alpha=args.ts_alpha,
-                    beta_h0=args.ts_beta_h0,
-                    beta_h1=args.ts_beta_h1,
-                    lambda_repel=args.ts_lambda_repel,
-                    lambda_attract=args.ts_lambda_attract,
-                    variant=args.ts_variant,
-                    scale=args.ts_scale,
-                )
-                parts = out.detached()
-                return out.total, {
-                    "ts_h0": parts["h0"],
-                    "ts_h1": parts["h1"],
-                    "ts_delta": parts["delta"],
-                    "ts_zeta": parts["zeta"],
-                }
-            if args.ts_regularizer == "l2":
-                return l2_loss(P), {}
-            if args.ts_regularizer == "pdloss":
-                return pairwise_distance_loss(P), {}
-        return P.new_zeros((), dtype=torch.float32), {}
+            return reg(P, **params)
 
     def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
         """Mirror of ``Trainer.training_step``'s decision whether to divide the loss by GA."""
@@ -248,7 +296,7 @@ class TopologicalLossMixin:
         # The CE this micro-batch contributes to the logged (per optimiser step) loss.
         ce_log = ce.detach().float() * (ga if scaled and mode == "train" else 1)
         self._metrics[mode]["loss_ce"].append(self._mean_across_processes(ce_log))
-        if mode != "train" or self.args.ts_regularizer == "none":
+        if mode != "train" or not get_regularizer(self.args.ts_regularizer).active:
             return ce
         reg, parts = self.regularizer(model)
         self._metrics[mode]["loss_ts"].append(float(reg.detach()))
@@ -273,9 +321,8 @@ class TopologicalLossMixin:
             logs.setdefault(key, value)
         self._metrics[mode].clear()
         for cb in self.callback_handler.callbacks:  # type: ignore[attr-defined]
-            pop = getattr(cb, "pop_pending_logs", None)
-            if callable(pop):
-                logs.update(pop())
+            if isinstance(cb, MetricSource):
+                logs.update(cb.pop_pending_logs())
 
 
 class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):

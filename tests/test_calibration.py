@@ -17,20 +17,15 @@ from hf_tsprompt.calibration import (
     ATTN_IMPLEMENTATION,
     ACTConfig,
     act_attention,
-    act_path,
-    adapter_fingerprint,
     attention_hooks,
-    calibrate_run,
     evaluate_with_act,
     find_act_heads,
-    load_act,
-    save_act,
 )
 from hf_tsprompt.data import get_task, tokenize_example
-from hf_tsprompt.errors import ConfigError, MissingFileError
+from hf_tsprompt.errors import ConfigError
 from hf_tsprompt.evaluation import evaluate_model, greedy_prompt_learning
 
-from tiny import make_tiny_run, tiny_llama
+from tiny import tiny_llama
 
 N_VIRTUAL = 4
 
@@ -115,9 +110,6 @@ def test_config_json_round_trip(tmp_path):
     again = ACTConfig.from_json(config.to_json())
     assert again == config
     assert json.loads(config.to_json())["heads"] == {"1": [1], "3": [0, 2]}
-    path = save_act(config, tmp_path)
-    assert path == act_path(tmp_path) == tmp_path / "calibration" / "act.json"
-    assert load_act(tmp_path) == config
 
 
 @pytest.mark.parametrize(
@@ -143,8 +135,6 @@ def test_config_rejects_bad_json(tmp_path):
         ACTConfig.from_json("{not json")
     with pytest.raises(ConfigError, match="unknown"):
         ACTConfig.from_json('{"heads": {}, "beta": 0.4}')
-    with pytest.raises(MissingFileError, match="act.json"):
-        load_act(tmp_path)
 
 
 # --------------------------------------------------------------------------- the calibration itself
@@ -373,21 +363,6 @@ def test_config_must_fit_the_model(tokenizer):
     ):
         pass
     assert model.get_base_model().config._attn_implementation == "sdpa"
-
-
-def test_calibrate_run_saves_and_reuses_the_heads(tmp_path):
-    run_dir, _, _ = make_tiny_run(tmp_path)
-    config = calibrate_run(run_dir, layers=[0, 1], search="exact", min_gain=-1.0)
-    assert act_path(run_dir).is_file()
-    assert config.calibration["rows_source"] == "train" and config.num_heads == 8
-    assert config.calibration["adapter_sha256"] == adapter_fingerprint(run_dir)
-    assert load_act(run_dir) == config
-    assert calibrate_run(run_dir, layers=[0], min_gain=5.0) == config  # loaded, not searched
-    # A saved search made with another adapter is stale: searched again.
-    stale = ACTConfig.from_dict({**config.to_dict(), "calibration": {"adapter_sha256": "x"}})
-    save_act(stale, run_dir)
-    again = calibrate_run(run_dir, layers=[1], search="exact", min_gain=-1.0)
-    assert again.heads == {1: [0, 1, 2, 3]} and load_act(run_dir) == again
 
 
 @pytest.mark.slow

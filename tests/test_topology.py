@@ -12,6 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import pdist, squareform
 
+import hf_tsprompt.topology as topology
 from hf_tsprompt.topology import (
     EVOLUTION_KEYS,
     SUMMARY_KEYS,
@@ -369,3 +370,32 @@ def test_diagram_distance_bad_input(a, b, kwargs, match):
 def test_evolution_bad_input():
     with pytest.raises(ValueError, match="PersistenceResult"):
         evolution(np.zeros((2, 2)), [np.zeros((0, 2))])
+
+
+# --- attribution (h0_components, h1_loops): hand-computed point clouds ----------------------
+
+
+def test_h0_components_name_the_smaller_component_at_each_merge():
+    # On a line: 0 and 1 are 1 apart, 2 is 3 further, 3 is 10 further still.
+    X = np.array([[0.0], [1.0], [4.0], [14.0]])
+    merge_scale, bars = topology.h0_components(topology.distance_matrix(X))
+    assert merge_scale == [1.0, 1.0, 3.0, 10.0]
+    # Merges by length: {0}+{1} at 1 ({1} dies: equal size, higher lowest index), then {2}
+    # joins {0,1} at 3, then {3} joins {0,1,2} at 10. Longest bar first.
+    assert [(b.death, b.edge, b.members) for b in bars] == [
+        (10.0, (2, 3), [3]),
+        (3.0, (1, 2), [2]),
+        (1.0, (0, 1), [1]),
+    ]
+
+
+def test_h1_loops_of_a_square_and_its_cycle():
+    # The unit square: four sides of length 1 close a loop born at 1, filled by the
+    # diagonals at sqrt(2); the representative cycle runs through all four corners.
+    X = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    loops = topology.h1_loops(topology.distance_matrix(X))
+    assert len(loops) == 1
+    (loop,) = loops
+    assert loop.birth == pytest.approx(1.0) and loop.death == pytest.approx(np.sqrt(2))
+    assert sorted(loop.cycle) == [0, 1, 2, 3]
+    assert loop.persistence == pytest.approx(np.sqrt(2) - 1)

@@ -238,3 +238,34 @@ def test_bf16_on_cpu_keeps_the_regulariser_in_float32(tokenizer, tmp_path):
         reg, _ = trainer.regularizer(model)
     assert reg.dtype == torch.float32
     assert torch.isfinite(torch.tensor(log["loss"])) and log["loss_ts"] > 0
+
+
+def test_a_callback_with_pending_metrics_is_logged_through_the_declared_protocol(
+    tokenizer, tmp_path
+):
+    from transformers import TrainerCallback
+
+    from hf_tsprompt.callbacks import PersistenceCallback
+    from hf_tsprompt.trainer import MetricSource
+
+    class Counter(TrainerCallback):
+        def __init__(self):
+            self.calls = 0
+
+        def pop_pending_logs(self):
+            self.calls += 1
+            return {"my/metric": float(self.calls)}
+
+    class Unrelated(TrainerCallback):
+        pop_pending_logs = None  # an attribute of that name is not the protocol
+
+    assert isinstance(PersistenceCallback(), MetricSource)
+    assert not isinstance(Unrelated(), MetricSource)
+    counter = Counter()
+    trainer = _trainer(tokenizer, _prompt_model(tokenizer), _args(tmp_path))
+    trainer.add_callback(counter)
+    trainer.add_callback(Unrelated())
+    trainer.train()
+    logged = [h["my/metric"] for h in trainer.state.log_history if "my/metric" in h]
+    # One hand-over per log: the 3 logging steps and the end-of-training summary.
+    assert logged == [1.0, 2.0, 3.0, 4.0] and counter.calls == 4
