@@ -33,21 +33,30 @@ cancellation (the Gram-matrix shortcut does).
 
 The exact variant (``variant="exact"``) computes the same two objectives on the true
 persistence pairs; see :func:`exact_ts_terms`.
+
+The hyperparameters' defaults and ranges are declared once, in
+:data:`hf_tsprompt.hyperparams.TSLOSS_PARAMS`; the arguments here are checked against them.
+As regularisers of the trainer these losses are the built-ins ``tsloss``, ``l2`` and
+``pdloss`` of :mod:`hf_tsprompt.regularizers`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
+from .hyperparams import TSLOSS_PARAMS, param_defaults
+from .topology import persistence_pairs
+
 Variant = Literal["soft", "exact"]
-VARIANTS: tuple[str, ...] = ("soft", "exact")
 Scale = Literal["absolute", "mean"]
-SCALES: tuple[str, ...] = ("absolute", "mean")
+_PARAMS = {p.name: p for p in TSLOSS_PARAMS}
+_DEFAULT = param_defaults(TSLOSS_PARAMS)
+VARIANTS: tuple[str, ...] = _PARAMS["variant"].choices or ()
+SCALES: tuple[str, ...] = _PARAMS["scale"].choices or ()
 
 
 @dataclass
@@ -192,43 +201,11 @@ def h1_loss(
     return (lambda_repel * repel + lambda_attract * attract).mean()
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}.")
-
-
-def _check_weight(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}.")
-
-
-def _check_hyperparameters(
-    tau: float,
-    alpha: float,
-    beta_h0: float,
-    beta_h1: float,
-    lambda_repel: float,
-    lambda_attract: float,
-    variant: str,
-    scale: str,
-) -> None:
-    _check_positive("tau", tau)
-    _check_positive("alpha", alpha)
-    for name, value in (
-        ("beta_h0", beta_h0),
-        ("beta_h1", beta_h1),
-        ("lambda_repel", lambda_repel),
-        ("lambda_attract", lambda_attract),
-    ):
-        _check_weight(name, value)
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
+def _check_hyperparameters(**values: object) -> None:
+    """Raise :class:`~hf_tsprompt.errors.ConfigError` (a ``ValueError``) naming the first
+    value outside its declared range (:data:`~hf_tsprompt.hyperparams.TSLOSS_PARAMS`)."""
+    for name, value in values.items():
+        _PARAMS[name].check(value)
 
 
 def ts_loss(
@@ -236,12 +213,12 @@ def ts_loss(
     *,
     tau: float,
     alpha: float,
-    beta_h0: float = 1.0,
-    beta_h1: float = 1.0,
-    lambda_repel: float = 1.0,
-    lambda_attract: float = 1.0,
-    variant: Variant = "soft",
-    scale: Scale = "absolute",
+    beta_h0: float = _DEFAULT["beta_h0"],
+    beta_h1: float = _DEFAULT["beta_h1"],
+    lambda_repel: float = _DEFAULT["lambda_repel"],
+    lambda_attract: float = _DEFAULT["lambda_attract"],
+    variant: Variant = _DEFAULT["variant"],
+    scale: Scale = _DEFAULT["scale"],
 ) -> TSLossOutput:
     """The Topological Soft Prompt Loss of prompt matrix ``P`` (n x d), Eq. 1-6.
 
@@ -272,7 +249,14 @@ def ts_loss(
     """
     check_prompt_matrix(P)
     _check_hyperparameters(
-        tau, alpha, beta_h0, beta_h1, lambda_repel, lambda_attract, variant, scale
+        beta_h0=beta_h0,
+        beta_h1=beta_h1,
+        tau=tau,
+        alpha=alpha,
+        lambda_repel=lambda_repel,
+        lambda_attract=lambda_attract,
+        variant=variant,
+        scale=scale,
     )
 
     D = pairwise_distances(P)
@@ -316,8 +300,6 @@ def exact_ts_terms(
     gradient is that edge's: a valid subgradient, always finite. Duplicate points give
     zero-length H0 bars, whose distance (and gradient) is exactly 0.
     """
-    from .topology import persistence_pairs
-
     pairs = persistence_pairs(D.detach().cpu().double().numpy())
     zero = D.sum() * 0.0
     h0_idx = torch.as_tensor(pairs.h0_death_edges, dtype=torch.long, device=D.device)
@@ -351,16 +333,23 @@ class TSLoss(nn.Module):
         *,
         tau: float,
         alpha: float,
-        beta_h0: float = 1.0,
-        beta_h1: float = 1.0,
-        lambda_repel: float = 1.0,
-        lambda_attract: float = 1.0,
-        variant: Variant = "soft",
-        scale: Scale = "absolute",
+        beta_h0: float = _DEFAULT["beta_h0"],
+        beta_h1: float = _DEFAULT["beta_h1"],
+        lambda_repel: float = _DEFAULT["lambda_repel"],
+        lambda_attract: float = _DEFAULT["lambda_attract"],
+        variant: Variant = _DEFAULT["variant"],
+        scale: Scale = _DEFAULT["scale"],
     ) -> None:
         super().__init__()
         _check_hyperparameters(
-            tau, alpha, beta_h0, beta_h1, lambda_repel, lambda_attract, variant, scale
+            beta_h0=beta_h0,
+            beta_h1=beta_h1,
+            tau=tau,
+            alpha=alpha,
+            lambda_repel=lambda_repel,
+            lambda_attract=lambda_attract,
+            variant=variant,
+            scale=scale,
         )
         self.tau = tau
         self.alpha = alpha
@@ -416,6 +405,3 @@ def pairwise_distance_loss(P: torch.Tensor) -> torch.Tensor:
     check_prompt_matrix(P, min_rows=2)
     D = pairwise_distances(P)
     return (_off_diagonal(D) ** 2).mean()
-
-
-REGULARIZERS: tuple[str, ...] = ("tsloss", "l2", "pdloss", "none")
