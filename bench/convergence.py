@@ -25,8 +25,10 @@ Protocol (defaults; every number is also in the JSON):
   restricted to short ones (``paper_bench.task_rows``);
 - a step budget per task and setting (:data:`MAX_STEPS`); a run that does not converge within
   it is reported as censored (">budget"), never as the budget;
-- TSLoss: ``L = CE + lambda_ts * (beta_H0 L_H0 + beta_H1 L_H1)`` with the library's
-  ``ts_loss`` (tau 0.1, alpha 10, lambda_ts = beta = 1 unless a method says otherwise).
+- TSLoss: ``L = CE + lambda_ts * (beta_H0 L_H0 + beta_H1 L_H1)``, computed by the library's
+  regulariser registry (``hf_tsprompt.regularizers``, entry ``tsloss``) as the trainer does,
+  with its declared defaults (tau 0.1, alpha 10, lambda_ts = beta = 1) unless a method says
+  otherwise.
 
 Methods (:data:`METHODS`): ``ce``, ``ce+h0``, ``ce+h1``, ``ce+ts`` (Tables IV and VI);
 ``ts:lambda=...`` and ``ts:alpha=...`` (Table V); labelled variants of TSLoss beside the
@@ -57,8 +59,9 @@ Output: ``<out>/convergence.json`` and ``convergence.md``. JSON fields:
   (``common.run_metadata``);
 - ``protocol``: model, lr, optimiser, virtual tokens, init, k per setting, step budgets,
   GSM8K short-row limits, test-set sizes and token budgets, criterion text;
-- ``methods``: ``{label: {regularizer, weight, beta_h0, beta_h1, tau, alpha, variant, scale,
-  description}}``;
+- ``methods``: ``{label: {regularizer, weight, <every parameter the regulariser declares,
+  defaults filled in: beta_h0, beta_h1, tau, alpha, lambda_repel, lambda_attract, variant,
+  scale for tsloss, none for ce>, tau_nn, rel_weight, description}}``;
 - ``groups``: one entry per (task, setting, method) with ``n`` runs (failed ones excluded),
   ``n_converged``, ``n_diverged`` (loss NaN/inf; in ``n``, counted as not fitted),
   ``n_failed`` (runs that raised; not in ``n`` nor in any statistic), ``steps`` (per seed,
@@ -98,12 +101,15 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from hf_tsprompt.regularizers import DEFAULT_REGULARIZER, WEIGHT, get_regularizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -151,50 +157,71 @@ MAX_GRAD_NORM = 1.0
 class Method:
     """One objective: ``CE + weight * regulariser``.
 
-    ``regularizer`` is ``none`` or ``tsloss``; the other fields are ``ts_loss`` arguments.
-    ``tau_nn`` (when set) replaces ``tau`` at every step by ``tau_nn`` times the prompt's
-    current mean nearest-neighbour distance (detached): a temperature relative to the scale
-    Eq. 1 approximates. ``rel_weight`` (when set) replaces the fixed ``weight`` at every step
-    by ``rel_weight * |grad CE| / |grad L_reg|`` (norms on the prompt), so the regulariser
-    always contributes that fraction of the CE gradient's norm, whatever the scale of the
-    distances.
+    ``regularizer`` is a name of the library's registry (:mod:`hf_tsprompt.regularizers`)
+    and ``params`` the values of its declared parameters that differ from the declared
+    defaults (``{"scale": "mean"}``), checked against the declarations when the table is
+    built; ``weight`` is lambda_ts. Two bench-only schedules sit on top: ``tau_nn`` (when
+    set) replaces ``tau`` at every step by ``tau_nn`` times the prompt's current mean
+    nearest-neighbour distance (detached): a temperature relative to the scale Eq. 1
+    approximates. ``rel_weight`` (when set) replaces the fixed ``weight`` at every step by
+    ``rel_weight * |grad CE| / |grad L_reg|`` (norms on the prompt), so the regulariser always
+    contributes that fraction of the CE gradient's norm, whatever the scale of the distances.
     """
 
-    regularizer: str = "tsloss"
-    weight: float = 1.0
-    beta_h0: float = 1.0
-    beta_h1: float = 1.0
-    tau: float = 0.1
-    alpha: float = 10.0
-    variant: str = "soft"
-    scale: str = "absolute"
+    regularizer: str = DEFAULT_REGULARIZER
+    weight: float = WEIGHT.default
+    params: Mapping[str, Any] = field(default_factory=dict)
     tau_nn: float | None = None
     rel_weight: float | None = None
     description: str = ""
 
+    def __post_init__(self) -> None:
+        get_regularizer(self.regularizer).resolve(self.params)  # a typo fails at import
+        WEIGHT.check(self.weight)
+
+    def resolved(self) -> dict[str, Any]:
+        """Every parameter of the regulariser: ``params`` over the declared defaults."""
+        return get_regularizer(self.regularizer).resolve(self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON entry: regulariser, weight, its parameters (defaults filled in), the
+        schedules and the description."""
+        return {
+            "regularizer": self.regularizer,
+            "weight": self.weight,
+            **self.resolved(),
+            "tau_nn": self.tau_nn,
+            "rel_weight": self.rel_weight,
+            "description": self.description,
+        }
+
+
+def ts(description: str, *, weight: float = WEIGHT.default, **params: Any) -> Method:
+    """A TSLoss method: ``ts("...", alpha=5.0)``."""
+    return Method(weight=weight, params=params, description=description)
+
 
 METHODS: dict[str, Method] = {
     "ce": Method(regularizer="none", weight=0.0, description="cross-entropy only (Standard)"),
-    "ce+h0": Method(beta_h1=0.0, description="CE + L_H0 (Table VI 'H0 only')"),
-    "ce+h1": Method(beta_h0=0.0, description="CE + L_H1 (Table VI 'H1 only')"),
-    "ce+ts": Method(description="CE + TSLoss, the paper's form (tau 0.1, alpha 10, lambda 1)"),
-    "ts:lambda=0.1": Method(weight=0.1, description="Table V, lambda_ts = 0.1"),
-    "ts:lambda=0.5": Method(weight=0.5, description="Table V, lambda_ts = 0.5"),
-    "ts:lambda=10": Method(weight=10.0, description="Table V, lambda_ts = 10"),
-    "ts:alpha=5": Method(alpha=5.0, description="Table V, alpha = 5"),
-    "ts:alpha=20": Method(alpha=20.0, description="Table V, alpha = 20"),
-    "ts:exact": Method(variant="exact", description="variant: exact persistence pairs"),
-    "ts:mean": Method(scale="mean", description="variant: scale-free distances (D / mean D)"),
-    "ts:mean,lambda=10": Method(
-        scale="mean", weight=10.0, description="variant: scale-free distances, lambda_ts = 10"
+    "ce+h0": ts("CE + L_H0 (Table VI 'H0 only')", beta_h1=0.0),
+    "ce+h1": ts("CE + L_H1 (Table VI 'H1 only')", beta_h0=0.0),
+    "ce+ts": ts("CE + TSLoss, the paper's form (tau 0.1, alpha 10, lambda 1)"),
+    "ts:lambda=0.1": ts("Table V, lambda_ts = 0.1", weight=0.1),
+    "ts:lambda=0.5": ts("Table V, lambda_ts = 0.5", weight=0.5),
+    "ts:lambda=10": ts("Table V, lambda_ts = 10", weight=10.0),
+    "ts:alpha=5": ts("Table V, alpha = 5", alpha=5.0),
+    "ts:alpha=20": ts("Table V, alpha = 20", alpha=20.0),
+    "ts:exact": ts("variant: exact persistence pairs", variant="exact"),
+    # The library's scale parameter (TSLOSS_PARAMS): distances divided by their mean.
+    "ts:mean": ts("variant: scale-free distances (D / mean D)", scale="mean"),
+    "ts:mean,lambda=10": ts(
+        "variant: scale-free distances, lambda_ts = 10", scale="mean", weight=10.0
     ),
-    "ts:lambda=100": Method(weight=100.0, description="variant: paper's form, lambda_ts = 100"),
+    "ts:lambda=100": ts("variant: paper's form, lambda_ts = 100", weight=100.0),
     # A control, not a method: its gradient is ~1e-5 of CE's, so it cannot pull the prompt
     # anywhere, yet it perturbs the trajectory; its spread against CE is the noise floor of
     # "steps to converge" (how much a negligible change alone moves the count).
-    "ts:lambda=1e-4": Method(
-        weight=1e-4, description="control: paper's form at lambda_ts = 1e-4 (noise floor)"
-    ),
+    "ts:lambda=1e-4": ts("control: paper's form at lambda_ts = 1e-4 (noise floor)", weight=1e-4),
     "ts:tau=0.1nn": Method(
         tau_nn=0.1, description="variant: tau = 0.1 x mean nearest-neighbour distance"
     ),
@@ -203,7 +230,7 @@ METHODS: dict[str, Method] = {
         description="variant: paper's form, weight set each step to 0.5 |grad CE| / |grad L_ts|",
     ),
     "ts:mean,rel=0.5": Method(
-        scale="mean",
+        params={"scale": "mean"},
         rel_weight=0.5,
         description="variant: scale-free distances, weight set to 0.5 |grad CE| / |grad L_ts|",
     ),
@@ -246,24 +273,13 @@ CRITERION = (
 
 
 def regularizer_value(method: Method, P: torch.Tensor) -> torch.Tensor:
-    """The unweighted regulariser of ``method`` on prompt ``P`` (0-d tensor with graph)."""
-    from hf_tsprompt.losses import ts_loss
-
-    if method.regularizer == "none":
-        return P.sum() * 0.0
-    tau = method.tau
+    """The unweighted regulariser of ``method`` on prompt ``P`` (0-d tensor), computed by the
+    library's registry entry exactly as the trainer computes it."""
+    params = dict(method.params)
     if method.tau_nn is not None:
-        tau = method.tau_nn * prompt_stats(P)["mean_nn_distance"]
-    out = ts_loss(
-        P,
-        tau=tau,
-        alpha=method.alpha,
-        beta_h0=method.beta_h0,
-        beta_h1=method.beta_h1,
-        variant=method.variant,  # type: ignore[arg-type]
-        scale=method.scale,  # type: ignore[arg-type]
-    )
-    return out.total
+        params["tau"] = method.tau_nn * prompt_stats(P)["mean_nn_distance"]
+    loss, _ = get_regularizer(method.regularizer)(P, **params)
+    return loss
 
 
 def run_one(
@@ -495,10 +511,10 @@ def check_trainer(
             use_cpu=True,
             disable_tqdm=True,
             seed=0,
-            ts_regularizer="tsloss",
+            ts_regularizer=method.regularizer,
             ts_weight=method.weight,
-            ts_tau=method.tau,
-            ts_alpha=method.alpha,
+            # The built-ins' parameters are config fields of their own (ts_tau, ...).
+            **{f"ts_{k}": v for k, v in method.params.items()},
         )
         trainer = TopologicalPromptTrainer(
             model=model,
@@ -698,7 +714,11 @@ def _pooled_row(
     }
 
 
-def scale_diagnostics(runs: list[dict[str, Any]], tau: float = 0.1, alpha: float = 10.0) -> dict:
+def scale_diagnostics(
+    runs: list[dict[str, Any]],
+    tau: float = get_regularizer("tsloss").defaults["tau"],
+    alpha: float = get_regularizer("tsloss").defaults["alpha"],
+) -> dict:
     """Why the paper's TSLoss is weak here: the distance scale against tau and alpha.
 
     For the CE runs (their saved end prompts) and for fresh N(0, 0.02^2) prompts (the init),
@@ -988,7 +1008,7 @@ def write_report(out: Path, runs_file: Path, meta: dict[str, Any], extra: dict[s
         "meta": meta,
         "load": extra.get("load"),
         "protocol": extra["protocol"],
-        "methods": {k: asdict(v) for k, v in METHODS.items()},
+        "methods": {k: v.to_dict() for k, v in METHODS.items()},
         "groups": aggregate(runs),
         "pooled": pooled_paired(runs),
         "provenance": common.page_provenance(runs, meta),
