@@ -503,7 +503,11 @@ def plot_entropy(
                 [("entropy", "-")],
                 False,
             ),
-            ("per homology dimension", [("h0_entropy", "-"), ("h1_entropy", "--")], False),
+            (
+                f"{metric_label('entropy')} per homology dimension",
+                [("h0_entropy", "-"), ("h1_entropy", "--")],
+                False,
+            ),
         ],
     )
 
