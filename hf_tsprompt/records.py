@@ -37,7 +37,6 @@ from .topology import EVOLUTION_KEYS, PersistenceResult, diagrams_from_lists, ev
 logger = logging.getLogger(__name__)
 
 
-
 def topology_dir(path: str | os.PathLike) -> Path:
     """Resolve a run folder, its ``topology/`` folder or its ``records.jsonl`` to ``topology/``."""
     p = Path(path)
