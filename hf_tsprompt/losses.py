@@ -51,6 +51,25 @@ from torch import nn
 from .hyperparams import TSLOSS_PARAMS, param_defaults
 from .topology import persistence_pairs
 
+__all__ = [
+    "SCALES",
+    "VARIANTS",
+    "Scale",
+    "TSLoss",
+    "TSLossOutput",
+    "Variant",
+    "check_prompt_matrix",
+    "exact_ts_terms",
+    "h0_loss",
+    "h1_loss",
+    "l2_loss",
+    "pairwise_distance_loss",
+    "pairwise_distances",
+    "soft_nearest_neighbour",
+    "soft_quantile_scales",
+    "ts_loss",
+]
+
 Variant = Literal["soft", "exact"]
 Scale = Literal["absolute", "mean"]
 _PARAMS = {p.name: p for p in TSLOSS_PARAMS}
