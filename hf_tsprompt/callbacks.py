@@ -53,6 +53,8 @@ from .records import (
 from .topology import diagrams_from_lists, evolution, persistence
 from .trainer import MetricSource
 
+__all__ = ["LOGGED_KEYS", "EvalFn", "PersistenceCallback"]
+
 #: Summary keys sent to the trainer's logs (as ``topo/<key>``;
 #: :data:`hf_tsprompt.metrics.LOGGED_TOPOLOGY_KEYS`).
 LOGGED_KEYS: tuple[str, ...] = LOGGED_TOPOLOGY_KEYS

@@ -69,6 +69,20 @@ from .runs import (
     read_run,
 )
 
+__all__ = [
+    "CARD_FIGURES",
+    "CARD_TEMPLATE",
+    "PUSHED_FILES",
+    "PUSHED_GLOBS",
+    "TOPOLOGY_ROWS",
+    "build_model_card",
+    "card_template",
+    "load_adapter",
+    "push_to_hub",
+    "run_info",
+    "save_model_card",
+]
+
 CARD_TEMPLATE = "adapter_card.md.jinja"
 #: The figures the card embeds (those the run folder has), captioned as in the report.
 CARD_FIGURES: tuple[FigureSpec, ...] = (

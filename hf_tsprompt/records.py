@@ -34,6 +34,21 @@ from .fsutil import append_line, atomic_write_bytes, atomic_write_text
 from .runs import PROMPTS_DIR, RECORDS_FILE, TOPOLOGY_DIR
 from .topology import EVOLUTION_KEYS, PersistenceResult, diagrams_from_lists, evolution
 
+__all__ = [
+    "PROMPTS_DIR",
+    "RECORDS_FILE",
+    "TOPOLOGY_DIR",
+    "evolution_series",
+    "evolution_stats",
+    "load_prompt",
+    "make_record",
+    "prompt_file_name",
+    "read_records",
+    "topology_dir",
+    "truncate_records",
+    "write_snapshot",
+]
+
 logger = logging.getLogger(__name__)
 
 
