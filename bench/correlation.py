@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paper_bench import import_common, read_runs
 
-from hf_tsprompt.analysis import _fmt_p, _fmt_stat  # the library's Table II number format
+from hf_tsprompt.metrics import format_value  # the library's Table II number formats
 from hf_tsprompt.runs import RECORDS_FILE, TRAINER_STATE_FILE, records_file
 
 common = import_common()
@@ -268,14 +268,14 @@ def markdown(data: dict[str, Any]) -> str:
             rows.append(
                 [
                     row["label"].replace("|", "\\|"),
-                    _fmt_stat(row["spearman_rho"]),
-                    _fmt_p(row["spearman_p"]),
-                    _fmt_stat(row["mannwhitney_u"], 1),
-                    _fmt_p(row["mannwhitney_p"]),
-                    "" if paper is None else _fmt_stat(paper[0]),
-                    "" if paper is None else _fmt_p(paper[1]),
-                    "" if paper is None else _fmt_stat(paper[2], 1),
-                    "" if paper is None else _fmt_p(paper[3]),
+                    format_value("spearman_rho", row["spearman_rho"]),
+                    format_value("spearman_p", row["spearman_p"]),
+                    format_value("mannwhitney_u", row["mannwhitney_u"]),
+                    format_value("mannwhitney_p", row["mannwhitney_p"]),
+                    "" if paper is None else format_value("spearman_rho", paper[0]),
+                    "" if paper is None else format_value("spearman_p", paper[1]),
+                    "" if paper is None else format_value("mannwhitney_u", paper[2]),
+                    "" if paper is None else format_value("mannwhitney_p", paper[3]),
                 ]
             )
         lines += [

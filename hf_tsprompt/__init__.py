@@ -69,15 +69,26 @@ _EXPORTS: dict[str, str] = {
     "TopologicalPromptTrainer": "trainer",
     "TopologicalSFTConfig": "sft",
     "TopologicalSFTTrainer": "sft",
+    "register_task": "data",
+    "get_task": "data",
+    "Recipe": "recipes",
+    "load_recipe": "recipes",
+    "train_from_recipe": "pipeline",
+    "push_to_hub": "hub",
+    "load_adapter": "hub",
+    "MetricSource": "trainer",
+    "register_metric": "metrics",
     "persistence": "topology",
     "PersistenceCallback": "callbacks",
     "read_records": "records",
 }
 
 __all__ = [
+    "MetricSource",
     "Param",
     "PersistenceCallback",
     "PromptMethod",
+    "Recipe",
     "Regularizer",
     "TSLoss",
     "TSLossOutput",
@@ -89,22 +100,33 @@ __all__ = [
     "get_prompt_method",
     "get_prompt_model",
     "get_regularizer",
+    "get_task",
     "init_prompt_",
     "l2_loss",
     "list_regularizers",
+    "load_adapter",
+    "load_recipe",
     "pairwise_distance_loss",
     "persistence",
     "prompt_matrix",
+    "push_to_hub",
     "read_records",
+    "register_metric",
     "register_prompt_method",
     "register_regularizer",
+    "register_task",
+    "train_from_recipe",
     "ts_loss",
     "unregister_regularizer",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .callbacks import PersistenceCallback
+    from .data import get_task, register_task
+    from .hub import load_adapter, push_to_hub
     from .losses import TSLoss, TSLossOutput, l2_loss, pairwise_distance_loss, ts_loss
+    from .metrics import register_metric
+    from .pipeline import train_from_recipe
     from .prompts import (
         PromptMethod,
         get_prompt_method,
@@ -113,6 +135,7 @@ if TYPE_CHECKING:  # pragma: no cover
         prompt_matrix,
         register_prompt_method,
     )
+    from .recipes import Recipe, load_recipe
     from .records import read_records
     from .regularizers import (
         Param,
@@ -124,7 +147,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .sft import TopologicalSFTConfig, TopologicalSFTTrainer
     from .topology import persistence
-    from .trainer import TopologicalPromptConfig, TopologicalPromptTrainer
+    from .trainer import MetricSource, TopologicalPromptConfig, TopologicalPromptTrainer
 
 
 # Correct cached PeftModel.generate for prompt-learning adapters (peft 0.21 + transformers 5);

@@ -66,6 +66,7 @@ import torch
 from torch import nn
 
 from .attention import AttentionRecord, attention_hooks, base_model, layer_head_counts
+from .data import IGNORE_INDEX
 from .errors import ConfigError
 from .prompts import get_prompt_peft_model, method_of, peft_type_name
 
@@ -213,9 +214,9 @@ def saliency_maps(
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
             offset = logits.shape[1] - ids.shape[1]
             labels = ids[0, 1:].clone()
-            labels[: target_start - 1] = -100
+            labels[: target_start - 1] = IGNORE_INDEX
             loss = nn.functional.cross_entropy(
-                logits[0, offset:-1].float(), labels, ignore_index=-100, reduction="sum"
+                logits[0, offset:-1].float(), labels, ignore_index=IGNORE_INDEX, reduction="sum"
             )
             probes = [record.probes[layer][0] for layer in layers]
             grads = torch.autograd.grad(loss, probes)

@@ -191,7 +191,7 @@ def _training_rows(info: dict[str, Any], recipe: dict[str, Any]) -> list[tuple[s
             symbol = param.symbol if param is WEIGHT else param.name
             rows.append((f"ts_{param.name} ({symbol})", _fmt(ts[param.name])))
     params = ts.get("params")
-    for key, value in (params.items() if isinstance(params, dict) else ()):
+    for key, value in params.items() if isinstance(params, dict) else ():
         rows.append((f"ts_params.{key}", _fmt(value)))
     for key in (
         "optim",

@@ -41,6 +41,7 @@ from typing import Any
 
 from .errors import ConfigError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_json, atomic_write_text
+from .metrics import SUMMARY_TABLE_KEYS, format_value, metric_label
 from .recipes import TRAINING_DEFAULTS, Recipe, load_run_recipe
 from .runs import (
     ACT_FILE,
@@ -86,15 +87,8 @@ __all__ = [
     "versions",
 ]
 
-SUMMARY_METRICS: tuple[str, ...] = (
-    "h0_count",
-    "h1_count",
-    "h0_mean_lifespan",
-    "h1_mean_lifespan",
-    "h0_max_lifespan",
-    "h1_max_lifespan",
-    "entropy",
-)
+#: The topology metrics kept in run.json and printed at the end (the card's and report's rows).
+SUMMARY_METRICS: tuple[str, ...] = SUMMARY_TABLE_KEYS
 
 Log = Callable[[str], None]
 
@@ -678,15 +672,14 @@ def _card(run_dir: Path, log: Log) -> None:
 
 
 def format_summary(result: RunResult) -> str:
-    """The end-of-run summary printed by ``hf-tsprompt train``."""
-
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:.1f}%"
-
+    """The end-of-run summary printed by ``hf-tsprompt train`` (labels and number formats
+    from :mod:`hf_tsprompt.metrics`, as on the card and in the report)."""
+    before = format_value("accuracy_before", result.accuracy_before)
+    after = format_value("accuracy_after", result.accuracy_after)
     lines = [
         "",
         f"Run finished: {result.run_dir}",
-        f"  accuracy (test): {pct(result.accuracy_before)} -> {pct(result.accuracy_after)}",
+        f"  accuracy (test): {before} -> {after}",
         f"  steps: {result.global_step}",
     ]
     if result.topology_end:
@@ -694,9 +687,8 @@ def format_summary(result: RunResult) -> str:
         lines.append("  topology (start -> end):")
         for key in SUMMARY_METRICS:
             if key in end:
-                lines.append(
-                    f"    {key:<18} {start.get(key, float('nan')):10.4g} -> {end[key]:10.4g}"
-                )
+                old, new = format_value(key, start.get(key)), format_value(key, end[key])
+                lines.append(f"    {metric_label(key):<28} {old:>10} -> {new:>10}")
     lines += [
         f"  adapter:   {adapter_dir(result.run_dir)}  (PeftModel.from_pretrained(base, path))",
         f"  barcodes:  {records_file(result.run_dir)}",

@@ -53,6 +53,23 @@ from .regularizers import (
 )
 from .runs import read_recipe_text
 
+__all__ = [
+    "PAPER_TRAINING",
+    "TRAINING_DEFAULTS",
+    "DataSection",
+    "EvaluationSection",
+    "ModelSection",
+    "PeftSection",
+    "Recipe",
+    "TSSection",
+    "TopologySection",
+    "load_recipe",
+    "load_run_recipe",
+    "parse_overrides",
+    "recipe_from_dict",
+    "recipe_variants",
+]
+
 # Paper settings (section V-B).
 PAPER_TRAINING: dict[str, Any] = {
     "learning_rate": 5e-5,

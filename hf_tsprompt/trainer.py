@@ -53,6 +53,15 @@ from .regularizers import (
 )
 from .runs import adapter_dir, adapter_save_kwargs, save_adapter
 
+__all__ = [
+    "MetricSource",
+    "TSArguments",
+    "TopologicalLossMixin",
+    "TopologicalPromptConfig",
+    "TopologicalPromptTrainer",
+    "upgrade_args",
+]
+
 
 def _regularizer_help() -> str:
     """``'tsloss' (the paper, Eq. 6), ... or 'none' (plain cross-entropy)``."""

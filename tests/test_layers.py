@@ -176,3 +176,34 @@ def test_the_checker_sees_what_it_must():
     assert ("recipes", "runs") in edges  # a module-level relative import
     assert ("data", "data.tasks") in edges  # a package's relative import
     assert "trainer" in _heavy() and "errors" not in _heavy()
+
+
+def test_every_module_declares_all_and_each_name_exists():
+    import importlib
+
+    main_tree = ast.parse(MODULES["__main__"].read_text(encoding="utf-8"))
+    assert any(  # importing __main__ would run the CLI: read its __all__ instead
+        isinstance(node, (ast.Assign, ast.AnnAssign)) and "__all__" in ast.dump(node)
+        for node in main_tree.body
+    )
+    for name in sorted(set(MODULES) - {"__main__"}):
+        module = importlib.import_module(ROOT if name == ROOT else f"{ROOT}.{name}")
+        assert isinstance(getattr(module, "__all__", None), list), f"{name} has no __all__"
+        missing = [n for n in module.__all__ if not hasattr(module, n)]
+        assert missing == [], f"{name}.__all__ names what it lacks: {missing}"
+
+
+def test_the_public_api_names_the_extension_points():
+    api = set(hf_tsprompt.__all__)
+    assert {
+        "register_task",  # tasks
+        "register_regularizer",  # regularisers
+        "register_prompt_method",  # prompt methods
+        "Recipe",
+        "load_recipe",
+        "train_from_recipe",
+        "push_to_hub",
+        "load_adapter",
+        "MetricSource",  # the trainer-to-callback metric hand-over
+    } <= api
+    assert sorted(n for n in api if not hasattr(hf_tsprompt, n)) == []

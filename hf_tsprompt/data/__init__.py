@@ -58,6 +58,8 @@ A new dataset is one small class::
 """
 
 from hf_tsprompt.data.answers import (
+    ANSWER_IS_RE,
+    NUMBER_RE,
     first_answer_span,
     last_boxed,
     normalize_bbh,
@@ -98,6 +100,7 @@ from hf_tsprompt.data.tasks import (
     TASKS,
     HotpotQA,
     LongBench,
+    MultipleChoiceTask,
     Row,
     Task,
     get_task,
@@ -105,6 +108,7 @@ from hf_tsprompt.data.tasks import (
 )
 
 __all__ = [
+    "ANSWER_IS_RE",
     "BBH",
     "BBH_TASKS",
     "DATA_SUFFIXES",
@@ -116,11 +120,13 @@ __all__ = [
     "MMLU",
     "MMLUCF",
     "MULTI_SAMPLE_K",
+    "NUMBER_RE",
     "N_TEST",
     "SINGLE_SAMPLE_K",
     "TASKS",
     "HotpotQA",
     "LongBench",
+    "MultipleChoiceTask",
     "Row",
     "Rows",
     "Task",

@@ -13,6 +13,8 @@ import string
 from decimal import Decimal, InvalidOperation
 
 __all__ = [
+    "ANSWER_IS_RE",
+    "NUMBER_RE",
     "first_answer_span",
     "last_boxed",
     "normalize_bbh",
@@ -21,8 +23,8 @@ __all__ = [
     "normalize_text",
 ]
 
-_NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_ANSWER_IS_RE = re.compile(r"answer is[:\s]*(.+)", re.IGNORECASE)
+NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+ANSWER_IS_RE = re.compile(r"answer is[:\s]*(.+)", re.IGNORECASE)
 
 
 def normalize_number(text: str) -> str | None:
@@ -51,7 +53,7 @@ def normalize_text(text: str) -> str:
 def first_answer_span(text: str) -> str:
     """The part of a generation that holds the answer: what follows the last "answer is"
     if present, else the first non-empty line (models often add an explanation after it)."""
-    matches = _ANSWER_IS_RE.findall(text)
+    matches = ANSWER_IS_RE.findall(text)
     if matches:
         return matches[-1].splitlines()[0].strip()
     for line in text.splitlines():

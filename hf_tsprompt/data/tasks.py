@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from hf_tsprompt.data.answers import (
-    _ANSWER_IS_RE,
-    _NUMBER_RE,
+    ANSWER_IS_RE,
+    NUMBER_RE,
     first_answer_span,
     last_boxed,
     normalize_bbh,
@@ -37,6 +37,7 @@ __all__ = [
     "TASKS",
     "HotpotQA",
     "LongBench",
+    "MultipleChoiceTask",
     "Row",
     "Task",
     "get_task",
@@ -261,10 +262,10 @@ class GSM8K(Task):
 
     def extract(self, text: str) -> str | None:
         if "####" in text:
-            match = _NUMBER_RE.search(text.rsplit("####", 1)[1])
+            match = NUMBER_RE.search(text.rsplit("####", 1)[1])
             if match:
                 return normalize_number(match.group())
-        numbers = _NUMBER_RE.findall(text)
+        numbers = NUMBER_RE.findall(text)
         return normalize_number(numbers[-1]) if numbers else None
 
 
@@ -274,7 +275,7 @@ _MC_PAREN_RE = re.compile(r"\(([A-D])\)")
 _MC_LEADING_RE = re.compile(r"^\s*([A-D])(?:[.):]|\s*$)")
 
 
-class _MultipleChoice(Task):
+class MultipleChoiceTask(Task):
     """Shared four-option logic for MMLU and MMLU-CF.
 
     Canonical row: ``question``, ``choices`` (4 texts), ``answer`` (a letter A-D),
@@ -351,7 +352,7 @@ class _MultipleChoice(Task):
 
 
 @register_task
-class MMLU(_MultipleChoice):
+class MMLU(MultipleChoiceTask):
     """MMLU (Hendrycks et al. 2021); the paper's "MMLU" rows (Table III).
 
     Hub format: ``cais/mmlu`` config ``all``, splits ``test`` (14,042) / ``validation``
@@ -373,7 +374,7 @@ class MMLU(_MultipleChoice):
 
 
 @register_task
-class MMLUCF(_MultipleChoice):
+class MMLUCF(MultipleChoiceTask):
     """MMLU-CF, contamination-free MMLU (Zhao et al. 2024); the paper's "MMLU-CF" column.
 
     Hub format: ``microsoft/MMLU-CF`` (default config), public split ``val`` (10,000
@@ -647,7 +648,7 @@ class MATH(Task):
     def extract(self, text: str) -> str | None:
         boxed = last_boxed(text)
         if boxed is None:
-            found = _ANSWER_IS_RE.findall(text)
+            found = ANSWER_IS_RE.findall(text)
             boxed = found[-1].splitlines()[0].strip() if found else None
         if boxed is None:
             return None
