@@ -249,6 +249,8 @@ print(active, hasattr(method, "__wrapped__"), len(hooks), reason)
 
 @pytest.mark.slow
 def test_importing_hf_tsprompt_fixes_peft_imported_later():
+    import peft  # noqa: F401 - so that generation.status() below has decided (run alone too)
+
     done = run_process([sys.executable, "-c", _FRESH], timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     active, wrapped, hooks, reason = done.stdout.split(maxsplit=3)
