@@ -277,18 +277,30 @@ def primary_comparisons(
             d.budget,
         )
         diff, lo, hi = _paired_accuracy(a, b)
-        out.append(
-            entry
-            | c
-            | {
-                "status": "ok",
-                "accuracy_diff": diff,
-                "accuracy_ci_low": lo,
-                "accuracy_ci_high": hi,
-                "arm_failed": sum(common.run_status(a[s]) == "failed" for s in a),
-                "baseline_failed": sum(common.run_status(b[s]) == "failed" for s in b),
-            }
-        )
+        result = c | {
+            "status": "ok",
+            "accuracy_diff": diff,
+            "accuracy_ci_low": lo,
+            "accuracy_ci_high": hi,
+            "arm_failed": sum(common.run_status(a[s]) == "failed" for s in a),
+            "baseline_failed": sum(common.run_status(b[s]) == "failed" for s in b),
+        }
+        if len(seeds) < len(d.eval_seeds):
+            # PROTOCOL section 5: a comparison not run to all its seeds is "not run" (p = 1 in
+            # the Holm family), never tested on fewer; its pairs so far are kept, exploratory.
+            out.append(
+                entry
+                | {
+                    "status": "not run",
+                    "p": 1.0,
+                    "config": arm,
+                    "baseline": base_arm,
+                    "n_pairs": len(seeds),
+                    "partial": result,
+                }
+            )
+            continue
+        out.append(entry | result)
     holm = stats.holm([1.0 if c["p"] is None else c["p"] for c in out])
     for c, ph in zip(out, holm, strict=True):
         c["p_holm"] = ph
@@ -424,16 +436,20 @@ def markdown(res: dict[str, Any]) -> str:
     rows = []
     for c in res["primary"]:
         if c.get("status") != "ok":
+            part = c.get("partial")
             rows.append(
                 [
                     c["name"],
                     f"`{c.get('config')}`",
                     f"`{c.get('baseline')}`",
-                    "0",
-                    "not run",
+                    str(c.get("n_pairs", 0)),
+                    "not run"
+                    if part is None
+                    else f"not run (exploratory, {part['n_pairs']} of "
+                    f"{len(res['protocol']['eval_seeds'])} pairs: ratio {part['ratio']:.2f})",
+                    "" if part is None else f"{part['faster']}/{part['slower']}/{part['ties']}",
                     "",
-                    "",
-                    "",
+                    "1 (counted)",
                     "",
                     "not run",
                 ]

@@ -92,6 +92,28 @@ def test_primary_comparisons_holm_and_verdicts():
     assert ts["ratio"] < ttf.MOONSHOT_RATIO and res["moonshot_met"] is True
 
 
+def test_a_comparison_short_of_its_seeds_is_not_run_and_its_pairs_stay_exploratory():
+    """PROTOCOL section 5: never tested on fewer seeds; p = 1 in the Holm family."""
+    base = "ce@text,lr=0.01"
+    runs = [_run("tune", "bbh", base, s, 10) for s in D.tune_seeds]
+    for seed in D.eval_seeds:  # P1 complete: TSLoss halves the steps on every seed
+        runs.append(_run("primary", "bbh", base, seed, 20))
+        runs.append(_run("primary", "bbh", "ce+ts@text,lr=0.01", seed, 10))
+    for seed in D.eval_seeds[:3]:  # P2: 3 of 10 pairs, also halved
+        runs.append(_run("primary", "gsm8k", base, seed, 40, acc=0.0))
+        runs.append(_run("primary", "gsm8k", "ce+ts@text,lr=0.01", seed, 20, acc=0.0))
+    res = ttf.build_result(runs, ttf.common.run_metadata(), {}, D)
+    by = {c["name"]: c for c in res["primary"]}
+    p2 = by["gsm8k-tsloss"]
+    assert p2["status"] == "not run" and p2["p"] == 1.0 and p2["p_holm"] == 1.0
+    assert p2["verdict"] == "not run" and p2["n_pairs"] == 3
+    assert p2["partial"]["ratio"] == pytest.approx(0.5) and p2["partial"]["faster"] == 3
+    # P1's Holm adjustment still counts P2 (and P3, with no runs) in the family of three.
+    assert by["bbh-tsloss"]["p_holm"] == pytest.approx(3 * 2 / 1024)
+    assert res["headline"]["name"] == "bbh-tsloss"
+    assert "not run (exploratory, 3 of 10 pairs: ratio 0.50)" in ttf.markdown(res)
+
+
 def test_failed_and_worse_accuracy_runs_are_counted_not_dropped():
     base = "ce@normal,lr=0.03"
     runs = [_run("tune", "bbh", base, s, 10) for s in D.tune_seeds]
