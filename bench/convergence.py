@@ -297,11 +297,14 @@ def run_one(
     work: Path,
     verify: bool = True,
     init: str = "normal",
+    schedule: str = "constant",
 ) -> dict[str, Any]:
     """Train one soft prompt until it solves its training rows (or the budget ends).
 
     ``init`` is one of :data:`paper_bench.PROMPT_INITS` (``normal``: N(0, 0.02^2), the
-    paper's; ``sample_vocab`` / ``text``: peft's, with :data:`paper_bench.INIT_TEXTS`).
+    paper's; ``sample_vocab`` / ``text``: peft's, with :data:`paper_bench.INIT_TEXTS`) or
+    :data:`paper_bench.EXTRA_INITS`. ``schedule``: ``constant`` lr, or ``linear`` decay from
+    ``lr`` to 0 over ``max_steps`` updates (the paper's, PROTOCOL 6a).
 
     Returns the run's record (one JSONL line): ``key``, ``task``, ``setting``, ``k``,
     ``method``, ``seed``, ``lr``, ``max_steps``, ``converged``, ``steps`` (updates before the
@@ -332,6 +335,13 @@ def run_one(
     )
     params = prompt_parameters(model)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, eps=ADAM_EPS)
+    if schedule not in ("constant", "linear"):
+        raise ValueError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
+    sched = (
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / max_steps))
+        if schedule == "linear"
+        else None
+    )
     start_prompt = prompt_matrix(model).detach().clone()
     ces: list[float] = []
     regs: list[float] = []
@@ -384,6 +394,8 @@ def run_one(
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
     seconds = time.perf_counter() - t0
     model.eval()
     P_end = prompt_matrix(model).detach().clone()
@@ -402,6 +414,7 @@ def run_one(
         "seed": seed,
         "init": init,
         "lr": lr,
+        "schedule": schedule,
         "max_steps": max_steps,
         "status": "diverged" if diverged else "ok",
         "converged": steps is not None,

@@ -15,6 +15,7 @@ writing come from :mod:`common` (``bench/common.py``).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,25 @@ INIT_TEXTS: dict[str, str] = {
 }
 
 
+#: Inits outside the tuning grid of PROTOCOL section 4 (exploratory arms only).
+EXTRA_INITS: tuple[str, ...] = ("real_scale",)
+
+
+def real_token_std(model: Any, n_tokens: int = 2000) -> float:
+    """s with E|x| ~ median real-token norm for x ~ N(0, s^2 I_d): that median (2,000 ids,
+    RNG seed 0) of the embedding layer's *output* (as the decoder layers see tokens, Gemma's
+    sqrt(d) scale included) over sqrt(d)."""
+    from hf_tsprompt.prompts import get_prompt_peft_model
+
+    inner, _, _ = get_prompt_peft_model(model)
+    emb = inner.word_embeddings
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, emb.num_embeddings, (n_tokens,), generator=g).to(emb.weight.device)
+    with torch.no_grad():
+        norms = emb(ids).float().norm(dim=-1)
+    return float(norms.median()) / math.sqrt(emb.weight.shape[1])
+
+
 @torch.no_grad()
 def seed_prompt(
     model: Any,
@@ -229,17 +249,21 @@ def seed_prompt(
     """Re-draw the prompt of a peft prompt-tuning ``model`` in place, as a fresh
     ``get_peft_model`` with that init would after ``torch.manual_seed(seed)``.
 
-    ``normal``: N(0, std^2) (the paper). ``sample_vocab`` and ``text`` repeat peft's
-    ``PromptEmbedding.__init__`` step for step (``torch.randint`` over the vocabulary /
-    the instruction's token ids trimmed or repeated to n; then the *embedding layer's forward*,
+    ``normal``: N(0, std^2) (the paper). ``real_scale`` (PROTOCOL 6a): N(0, s^2) with
+    s = :func:`real_token_std`, so rows have the norm of real tokens. ``sample_vocab`` and
+    ``text`` repeat peft's ``PromptEmbedding.__init__`` step for step (``torch.randint``
+    over the vocabulary / the instruction's token ids trimmed or repeated to n; then the
+    *embedding layer's forward*,
     so a model that scales embeddings inside that layer, like Gemma, gets scaled rows), which
     lets one wrapped model serve every run; ``tests/test_bench_experiments.py`` checks the
     result equals peft's own init.
     """
     from hf_tsprompt.prompts import get_prompt_peft_model, init_prompt_
 
+    if init == "real_scale":
+        std = real_token_std(model)
     torch.manual_seed(seed)
-    if init == "normal":
+    if init in ("normal", "real_scale"):
         init_prompt_(model, std=std)
         return
     inner, name, _ = get_prompt_peft_model(model)
@@ -259,7 +283,8 @@ def seed_prompt(
         text_ids = (text_ids * -(-n // len(text_ids)))[:n]
         ids = torch.tensor(text_ids, dtype=torch.long)
     else:
-        raise ValueError(f"init {init!r} unknown; choose one of {', '.join(PROMPT_INITS)}")
+        known = ", ".join((*PROMPT_INITS, *EXTRA_INITS))
+        raise ValueError(f"init {init!r} unknown; choose one of {known}")
     weight.copy_(emb(ids.to(emb.weight.device)).to(weight.dtype))
 
 
