@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import importlib.metadata
+import json
 import os
 import platform
 import shlex
@@ -38,11 +39,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hf_tsprompt.fsutil import atomic_write_json, atomic_write_text
+from hf_tsprompt.fsutil import append_line, atomic_write_json, atomic_write_text
 
 #: Packages whose versions every result records.
 PACKAGES: tuple[str, ...] = (
@@ -276,6 +277,28 @@ def failed_record(
         **provenance(meta),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def record_run(
+    runs_file: Path,
+    key: str,
+    fields: dict[str, Any],
+    meta: dict[str, Any],
+    run: Callable[[], dict[str, Any]],
+) -> dict[str, Any] | None:
+    """Do one benchmark run and append its raw record (one JSONL line) to ``runs_file``: the
+    record ``run()`` returns with ``fields``, ``key`` and the provenance, or, when it raises
+    ``ValueError`` / ``RuntimeError``, a :func:`failed_record` (counted on the page, never
+    dropped; a rerun retries it). Returns the record, or None for a failed run."""
+    try:
+        rec = run()
+    except (ValueError, RuntimeError) as err:  # one bad run must not stop the others
+        print(f"{key} failed: {err}", flush=True)
+        append_line(runs_file, json.dumps(failed_record(key, fields, err, meta)))
+        return None
+    rec |= fields | {"key": key} | provenance(meta)
+    append_line(runs_file, json.dumps(rec))
+    return rec
 
 
 def done_keys(runs: Iterable[dict[str, Any]]) -> set[str]:

@@ -103,6 +103,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -1120,7 +1121,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from paper_bench import write_tiny_assets
 
-    from hf_tsprompt.fsutil import append_line
     from hf_tsprompt.models import load_base_model
     from hf_tsprompt.prompts import get_prompt_model
 
@@ -1165,8 +1165,15 @@ def main(argv: list[str] | None = None) -> int:
             todo = [x for x in _plan(args) if run_key(x[0], x[1], x[2], x[3]) not in done]
             print(f"{len(todo)} run(s) to do, {len(done)} already in {runs_file}", flush=True)
             for i, (task, setting, method, seed) in enumerate(todo):
-                try:
-                    rec = run_one(
+                fields = {"task": task, "setting": setting, "method": method, "seed": seed}
+                fields |= {"lr": args.lr, "max_steps": budgets[(task, setting)]}
+                rec = common.record_run(
+                    runs_file,
+                    run_key(task, setting, method, seed),
+                    fields,
+                    meta,
+                    partial(
+                        run_one,
                         model,
                         loaded.tokenizer,
                         TASKS[task],
@@ -1179,16 +1186,10 @@ def main(argv: list[str] | None = None) -> int:
                         source=sources.get(task),
                         work=args.work,
                         verify=not args.no_verify,
-                    )
-                except (ValueError, RuntimeError) as err:  # one bad run must not stop the grid
-                    print(f"[{i + 1}/{len(todo)}] {task}|{setting}|{method}|{seed} failed: {err}")
-                    fields = {"task": task, "setting": setting, "method": method, "seed": seed}
-                    fields |= {"lr": args.lr, "max_steps": budgets[(task, setting)]}
-                    key = run_key(task, setting, method, seed)
-                    append_line(runs_file, json.dumps(common.failed_record(key, fields, err, meta)))
+                    ),
+                )
+                if rec is None:
                     continue
-                rec.update(common.provenance(meta))
-                append_line(runs_file, json.dumps(rec))
                 test = rec["test"]["accuracy"] if rec["test"] else None
                 print(
                     f"[{i + 1}/{len(todo)}] {rec['key']}: steps {rec['steps']} "

@@ -23,10 +23,10 @@ end, median regulariser gradient share, median seconds per step, mean test accur
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from paper_bench import write_tiny_assets
 
-    from hf_tsprompt.fsutil import append_line, atomic_write_json, atomic_write_text
+    from hf_tsprompt.fsutil import atomic_write_json, atomic_write_text
     from hf_tsprompt.models import load_base_model
     from hf_tsprompt.prompts import get_prompt_model
 
@@ -255,8 +255,13 @@ def main(argv: list[str] | None = None) -> int:
                 "max_steps": d.budget,
                 "model": d.model or "tiny",
             }
-            try:
-                rec = run_one(
+            rec = common.record_run(
+                runs_file,
+                key,
+                fields,
+                meta,
+                partial(
+                    run_one,
                     model,
                     loaded.tokenizer,
                     TASKS[TASK],
@@ -270,13 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                     work=args.work / arm.replace("@", "_"),
                     init=init,
                     schedule=d.schedule,
-                )
-            except (ValueError, RuntimeError) as err:  # counted, never dropped
-                print(f"[{i + 1}/{len(todo)}] {key} failed: {err}", flush=True)
-                append_line(runs_file, json.dumps(common.failed_record(key, fields, err, meta)))
+                ),
+            )
+            if rec is None:
                 continue
-            rec |= fields | {"key": key} | common.provenance(meta)
-            append_line(runs_file, json.dumps(rec))
             print(
                 f"[{i + 1}/{len(todo)}] {key}: steps {rec['steps']} ({rec['seconds']:.0f}s)",
                 flush=True,

@@ -43,6 +43,7 @@ import math
 import statistics
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -631,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from paper_bench import write_tiny_assets
 
-    from hf_tsprompt.fsutil import append_line, atomic_write_json, atomic_write_text
+    from hf_tsprompt.fsutil import atomic_write_json, atomic_write_text
     from hf_tsprompt.models import load_base_model
     from hf_tsprompt.prompts import get_prompt_model
 
@@ -692,8 +693,13 @@ def main(argv: list[str] | None = None) -> int:
                     "setting": "multi",
                     "max_steps": d.budget,
                 }
-                try:
-                    rec = run_one(
+                rec = common.record_run(
+                    runs_file,
+                    key,
+                    fields,
+                    meta,
+                    partial(
+                        run_one,
                         model,
                         loaded.tokenizer,
                         TASKS[task],
@@ -706,13 +712,10 @@ def main(argv: list[str] | None = None) -> int:
                         source=sources.get(task),
                         work=args.work / arm.replace("@", "_").replace(",", "_"),
                         init=init,
-                    )
-                except (ValueError, RuntimeError) as err:  # counted, never dropped
-                    print(f"[{i + 1}/{len(todo)}] {key} failed: {err}", flush=True)
-                    append_line(runs_file, json.dumps(common.failed_record(key, fields, err, meta)))
+                    ),
+                )
+                if rec is None:
                     continue
-                rec |= fields | {"key": key} | common.provenance(meta)
-                append_line(runs_file, json.dumps(rec))
                 test = rec["test"]["accuracy"] if rec["test"] else None
                 print(
                     f"[{i + 1}/{len(todo)}] {key}: steps {rec['steps']} "

@@ -184,3 +184,25 @@ def test_provenance_summary_counts_carried_forward_and_failed():
     assert common.done_keys(runs) == {"t|m|0", "t|m|1", "t|m|2", "t|m|4"}
     with pytest.raises(ValueError, match="unknown status 'crashed'"):
         common.run_status({"key": "k", "status": "crashed"})
+
+
+def test_record_run_appends_one_line_for_a_finished_and_a_failed_run(tmp_path, capsys):
+    runs_file = tmp_path / "runs.jsonl"
+    meta = common.run_metadata()
+    fields = {"task": "t", "method": "m", "seed": 0}
+    rec = common.record_run(runs_file, "t|m|0", fields, meta, lambda: {"steps": 7, "seed": 99})
+    assert rec["steps"] == 7 and rec["seed"] == 0 and rec["key"] == "t|m|0"  # fields win
+    assert "commit" in rec and "dirty" in rec
+
+    def boom():
+        raise RuntimeError("out of memory")
+
+    assert common.record_run(runs_file, "t|m|1", fields | {"seed": 1}, meta, boom) is None
+    assert "t|m|1 failed: out of memory" in capsys.readouterr().out
+    lines = [json.loads(x) for x in runs_file.read_text().splitlines()]
+    assert [(r["key"], r.get("status")) for r in lines] == [("t|m|0", None), ("t|m|1", "failed")]
+    assert lines[1]["error"] == "RuntimeError: out of memory" and lines[1]["seed"] == 1
+    # Anything else is a bug in the benchmark, not a failed run: it propagates.
+    with pytest.raises(KeyError):
+        common.record_run(runs_file, "t|m|2", fields, meta, lambda: {}["x"])
+    assert len(runs_file.read_text().splitlines()) == 2
