@@ -4,11 +4,17 @@ Every subcommand works on files (a recipe, or a run folder written by ``train``)
 stage can be re-run on its own. User errors (a bad recipe, a missing file, a rejected token)
 print one paragraph and exit with status 2, without a traceback; anything else is a bug and
 keeps its traceback.
+
+Plugins: what a user registers from Python (a regulariser, a task, a prompt method, a metric)
+reaches the command line through a module the CLI imports before it runs the command, named
+with ``--plugin MODULE`` or declared by an installed distribution under the entry-point group
+:data:`PLUGIN_GROUP` (the way pytest finds its plugins), so a recipe can name it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -20,11 +26,16 @@ from .runs import FIGURES_DIR, REPORT_FILE
 
 __all__ = [
     "EXIT_USER_ERROR",
+    "PLUGIN_GROUP",
     "build_parser",
+    "load_plugins",
     "main",
 ]
 
 EXIT_USER_ERROR = 2
+#: Entry-point group of installed plugins: ``[project.entry-points."hf_tsprompt.plugins"]``
+#: ``name = "module"`` (or ``"module:function"``, called with no arguments once imported).
+PLUGIN_GROUP = "hf_tsprompt.plugins"
 
 _EPILOG = """\
 examples:
@@ -36,6 +47,7 @@ examples:
   hf-tsprompt explain runs/smollm2-gsm8k
   hf-tsprompt report runs/ce-only runs/smollm2-gsm8k --labels CE TSLoss
   hf-tsprompt push runs/smollm2-gsm8k --repo-id me/smollm2-gsm8k-tsloss
+  hf-tsprompt --plugin my_regularizers train my-recipe.yaml
   accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m hf_tsprompt train RECIPE
 """
 
@@ -154,6 +166,48 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_plugins(modules: Sequence[str] = ()) -> list[str]:
+    """Import the installed plugins (entry-point group :data:`PLUGIN_GROUP`), then ``modules``.
+
+    A plugin registers what it adds when imported (``register_regularizer``,
+    ``register_task``, ...); an entry point that names a function (``module:function``) has it
+    called with no arguments. Returns what was loaded, in order: ``dist:name`` for an entry
+    point, the module name otherwise. Raises :class:`~hf_tsprompt.errors.ConfigError` naming
+    the plugin when one cannot be imported or fails while registering.
+    """
+    from importlib.metadata import entry_points
+
+    loaded: list[str] = []
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        dist = getattr(ep.dist, "name", None) or "?"
+        label = f"{dist}:{ep.name}"
+        try:
+            obj = ep.load()
+            if callable(obj):
+                obj()
+        except Exception as err:  # a broken plugin is the user's to fix: say which one
+            raise _usage(
+                f"the plugin {ep.name!r} ({ep.value}) installed by {dist!r} under the entry-point "
+                f"group {PLUGIN_GROUP!r} failed to load: {type(err).__name__}: {err}. Fix or "
+                "uninstall that package."
+            ) from err
+        loaded.append(label)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise _usage(
+                f"--plugin {name}: cannot import it ({err}). Give an importable module name "
+                "(dotted, no '.py'), installed or on PYTHONPATH."
+            ) from err
+        except Exception as err:
+            raise _usage(
+                f"--plugin {name}: importing it failed: {type(err).__name__}: {err}"
+            ) from err
+        loaded.append(name)
+    return loaded
+
+
 def _usage(message: str) -> UserError:
     from .errors import ConfigError
 
@@ -172,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hf-tsprompt {__version__}")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help=(
+            "import MODULE before the command, so what it registers (a regulariser, task, "
+            f"prompt method, metric) can be named in a recipe; repeatable. Plugins installed "
+            f"under the entry-point group {PLUGIN_GROUP} are imported too"
+        ),
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -334,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     owned_group = not _distributed_initialized()
     try:
+        load_plugins(args.plugin)
         code = int(args.func(args) or 0)
     except UserError as err:
         _print_user_error(err)

@@ -646,7 +646,8 @@ def _validate_ts(ts: TSSection) -> None:
     if ts.regularizer not in names:
         raise ConfigError(
             f"ts.regularizer={ts.regularizer!r} is not allowed; choose one of "
-            f"{', '.join(names)} (or register it with hf_tsprompt.register_regularizer first)."
+            f"{', '.join(names)}, or register it first with hf_tsprompt.register_regularizer "
+            "(for the hf-tsprompt command, in a module it imports: hf-tsprompt --plugin MODULE)."
             f"{_suggest(str(ts.regularizer), names)}"
         )
     for param in (WEIGHT, *FIELD_PARAMS):

@@ -291,7 +291,8 @@ def get_regularizer(name: str) -> Regularizer:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
             f"regulariser {name!r} is unknown; choose one of {', '.join(_REGISTRY)}, or "
-            f"register it with hf_tsprompt.register_regularizer.{hint}"
+            f"register it with hf_tsprompt.register_regularizer (for the hf-tsprompt command, "
+            f"in a module it imports: hf-tsprompt --plugin MODULE ...).{hint}"
         )
     return reg
 

@@ -279,3 +279,109 @@ def test_ctrl_c_is_recorded_and_resume_is_offered(assets, tmp_path, capsys, monk
     assert main(["train", str(path), "--quiet", "--resume"]) == 0
     info = _run_json(run)
     assert info["status"] == "finished" and info["global_step"] == 4
+
+
+# --- plugins: what a user registers reaches the command line --------------------------------
+
+_PLUGIN = """
+from hf_tsprompt import Param, register_regularizer
+
+CALLS = []
+
+
+@register_regularizer(
+    "{name}", params=[Param("gamma", 1.0, "Target row norm.", symbol="gamma", bound="> 0")]
+)
+def spread(P, *, gamma):
+    norms = P.float().norm(dim=1)
+    loss = ((norms - gamma) ** 2).mean()
+    CALLS.append((gamma, float(loss.detach())))
+    return loss
+"""
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    """A plugin module on sys.path that registers regulariser ``<module name>_reg``; both are
+    removed afterwards (the registry and sys.modules are process-wide)."""
+    from hf_tsprompt.regularizers import list_regularizers, unregister_regularizer
+
+    name = f"tsplug_{tmp_path.name.replace('-', '_')}"
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(_PLUGIN.format(name=f"{name}_reg"))
+    monkeypatch.syspath_prepend(str(folder))
+    yield name, folder
+    if f"{name}_reg" in list_regularizers():
+        unregister_regularizer(f"{name}_reg")
+    sys.modules.pop(name, None)
+
+
+def test_a_plugin_regulariser_is_selected_and_trained_from_the_cli(
+    assets, plugin_module, tmp_path, capsys, monkeypatch
+):
+    _, model_dir, data_dir = assets
+    name, _ = plugin_module
+    monkeypatch.chdir(tmp_path)
+    ts = {"regularizer": f"{name}_reg", "weight": 0.5, "params": {"gamma": 0.3}}
+    training = {"max_steps": 4, "per_device_train_batch_size": 2, "logging_steps": 1}
+    recipe = _recipe(tmp_path, model_dir, data_dir, ts=ts, name="plug", training=training)
+    # Without the plugin the name is unknown, and the error says how to bring it in.
+    assert main(["train", str(recipe), "--dry-run"]) == EXIT_USER_ERROR
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"'{name}_reg' is not allowed" in err and "hf-tsprompt --plugin MODULE" in err
+    assert name not in sys.modules and not (tmp_path / "runs").exists()
+
+    assert main(["--plugin", name, "train", str(recipe), "--quiet"]) == 0
+    calls = sys.modules[name].CALLS
+    assert len(calls) == 4 and all(gamma == 0.3 for gamma, _ in calls)
+    run = tmp_path / "runs" / "plug"
+    state = json.loads((run / "trainer_state.json").read_text())
+    logged = [h["loss_ts"] for h in state["log_history"] if "loss_ts" in h]
+    assert logged == pytest.approx([loss for _, loss in calls])
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())["ts"]
+    assert {k: saved[k] for k in ts} == ts
+    assert f"| regulariser | {name}_reg |" in (run / "README.md").read_text()
+
+
+def _dist_info(folder: Path, dist: str, entry: str) -> None:
+    """An installed distribution as importlib.metadata finds it: a dist-info on sys.path."""
+    info = folder / f"{dist}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[hf_tsprompt.plugins]\n{entry}\n")
+
+
+def test_installed_plugins_are_found_by_entry_point(plugin_module):
+    from hf_tsprompt.cli import load_plugins
+    from hf_tsprompt.regularizers import list_regularizers
+
+    name, folder = plugin_module
+    (folder / f"{name}_setup.py").write_text("CALLED = []\ndef setup():\n    CALLED.append(1)\n")
+    _dist_info(folder, "tsplug-dist", f"regs = {name}\nsetup = {name}_setup:setup")
+    try:
+        loaded = load_plugins()
+        assert "tsplug-dist:regs" in loaded and "tsplug-dist:setup" in loaded
+        assert f"{name}_reg" in list_regularizers()
+        assert sys.modules[f"{name}_setup"].CALLED == [1]  # a function entry point is called
+    finally:
+        sys.modules.pop(f"{name}_setup", None)
+
+
+def test_a_broken_or_missing_plugin_is_named(plugin_module, tmp_path, capsys):
+    from hf_tsprompt.cli import load_plugins
+    from hf_tsprompt.errors import ConfigError
+
+    _, folder = plugin_module
+    assert main(["--plugin", "no_such_tsplug_module", "report", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--plugin no_such_tsplug_module: cannot import it" in err
+    (folder / "tsplug_broken.py").write_text("raise RuntimeError('half-written plugin')\n")
+    try:
+        with pytest.raises(ConfigError, match="half-written plugin"):
+            load_plugins(["tsplug_broken"])
+        _dist_info(folder, "tsplug-bad", "bad = tsplug_broken")
+        with pytest.raises(ConfigError, match="'tsplug-bad'.*hf_tsprompt.plugins.*half-written"):
+            load_plugins()
+    finally:
+        sys.modules.pop("tsplug_broken", None)
