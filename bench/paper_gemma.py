@@ -15,7 +15,9 @@ Run (both cores: one process per core, disjoint seeds; resumable, one JSONL line
 
 JSON fields: ``meta`` (``common.run_metadata``), ``design`` (the numbers above), ``arms``
 (per arm: runs, fitted, median steps with censored = budget + 1, median CE at the start and
-end, median regulariser gradient share, median seconds per step, mean test accuracy),
+end, median target-token accuracy at the end (how close an unfitted prompt came), median
+prompt row norm at the start and end (the init's scale, and how far training moved it),
+median regulariser gradient share, median seconds per step, mean test accuracy),
 ``comparisons`` (per init, CE + TSLoss against CE: ``stats.compare`` fields, exploratory),
 ``provenance`` (``common.page_provenance``).
 """
@@ -107,6 +109,9 @@ def summarise(runs: list[dict[str, Any]], d: Design) -> dict[str, Any]:
             "median_steps": _median([d.budget + 1 if s is None else s for s in steps]),
             "ce_start": _median([c[0] for c in ces if c[0] is not None]),
             "ce_end": _median([c[-1] for c in ces if c[-1] is not None]),
+            "token_accuracy": _median([r["token_accuracy"] for r in ok if "token_accuracy" in r]),
+            "norm_start": _median([r["prompt_start"]["mean_norm"] for r in ok]),
+            "norm_end": _median([r["prompt_end"]["mean_norm"] for r in ok if r.get("prompt_end")]),
             "grad_ratio": _median([r["grad_ratio"] for r in ok if r.get("grad_ratio")]),
             "seconds_per_step": _median([r["seconds_per_step"] for r in ok]),
             "test_accuracy": statistics.fmean(tests) if tests else None,
@@ -155,6 +160,8 @@ def markdown(res: dict[str, Any]) -> str:
             f"{a['fitted']} / {a['runs']}" + (f" ({a['failed']} failed)" if a["failed"] else ""),
             _fmt(a["median_steps"], "g"),
             f"{_fmt(a['ce_start'])} -> {_fmt(a['ce_end'])}",
+            _fmt(a["token_accuracy"], ".2f"),
+            f"{_fmt(a['norm_start'])} -> {_fmt(a['norm_end'])}",
             _fmt(a["grad_ratio"]),
             _fmt(a["seconds_per_step"], ".2f"),
             "n/a" if a["test_accuracy"] is None else f"{100 * a['test_accuracy']:.1f}%",
@@ -168,6 +175,8 @@ def markdown(res: dict[str, Any]) -> str:
                 "fitted / runs",
                 f"median steps (censored = {d['budget'] + 1})",
                 "CE start -> end (median)",
+                "target-token accuracy at the end",
+                "prompt row norm start -> end",
                 "reg. gradient / CE gradient",
                 "s / step",
                 f"test accuracy ({d['test_n']} rows)",

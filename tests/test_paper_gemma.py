@@ -24,9 +24,13 @@ from tiny import run_bench, tiny_llama
 D = pg.PAPER
 
 
-def _run(method, init, seed, steps, ce=(2.0, 1.0), grad=None, status="ok", acc=0.0):
+def _run(method, init, seed, steps, ce=(2.0, 1.0), grad=None, status="ok", acc=0.0, norm=0.5):
     arm = pg.arm_label(method, init)
+    fitted = steps is not None
     return {
+        "token_accuracy": 1.0 if fitted else 0.5 + 0.1 * seed,
+        "prompt_start": {"mean_norm": norm},
+        "prompt_end": {"mean_norm": norm + 0.01 * seed},
         "key": pg.run_key(arm, seed),
         "arm": arm,
         "seed": seed,
@@ -45,7 +49,7 @@ def test_summary_counts_censored_and_failed_runs_and_pairs_by_seed():
     for seed in D.seeds:
         runs.append(_run("ce", "normal", seed, None, ce=(2.0, 1.5)))  # never fits
         runs.append(_run("ce+ts", "normal", seed, None, grad=0.01))
-        runs.append(_run("ce", "real_scale", seed, 40))
+        runs.append(_run("ce", "real_scale", seed, 40, norm=26.0))
         # TSLoss halves the steps at real scale, except seed 0, which failed (= censored).
         status = "failed" if seed == 0 else "ok"
         runs.append(_run("ce+ts", "real_scale", seed, 20, grad=0.2, status=status))
@@ -53,6 +57,11 @@ def test_summary_counts_censored_and_failed_runs_and_pairs_by_seed():
     normal, real_ts = res["arms"]["ce@normal"], res["arms"]["ce+ts@real_scale"]
     assert normal["fitted"] == 0 and normal["median_steps"] == D.budget + 1
     assert normal["ce_start"] == 2.0 and normal["ce_end"] == 1.5
+    # Unfitted: the median of 0.5 + 0.1 * seed over seeds 0-4; norms: the median seed's (2).
+    assert normal["token_accuracy"] == pytest.approx(0.7)
+    assert (normal["norm_start"], normal["norm_end"]) == pytest.approx((0.5, 0.52))
+    real_ce = res["arms"]["ce@real_scale"]
+    assert real_ce["token_accuracy"] == 1.0 and real_ce["norm_start"] == 26.0
     assert real_ts["runs"] == 5 and real_ts["failed"] == 1 and real_ts["fitted"] == 4
     assert real_ts["grad_ratio"] == pytest.approx(0.2)
     by = {c["name"]: c for c in res["comparisons"]}
