@@ -1,4 +1,4 @@
-"""Time to fit against peft's strongest configuration: the protocol of ``bench/PROTOCOL.md``.
+r"""Time to fit against peft's strongest configuration: the protocol of ``bench/PROTOCOL.md``.
 
 Stages (each resumable; every finished run is one line of ``--runs``):
 
@@ -6,6 +6,8 @@ Stages (each resumable; every finished run is one line of ``--runs``):
 - ``select``: prints the best baseline the rule picks from the tuning runs (no runs);
 - ``primary``: the baseline (CE at init*, lr*) and the arms of the primary comparisons
   (section 5) on the evaluation seeds; ``--comparisons`` picks which;
+- ``explore``: TSLoss against the best baseline on MMLU and single-sample (section 6b,
+  exploratory, uncorrected); ``--explore`` picks which;
 - ``scale``: the embedding scale of each init against real tokens (exploratory, no training);
 - ``--report-only``: ``time_to_fit.json`` / ``.md`` from the runs file.
 
@@ -21,6 +23,10 @@ Run (both cores: one process per core, disjoint seeds)::
     python bench/time_to_fit.py --stage select
     OMP_NUM_THREADS=1 taskset -c 0 python bench/time_to_fit.py --stage primary --seeds 0 1 2 3 4
     OMP_NUM_THREADS=1 taskset -c 1 python bench/time_to_fit.py --stage primary --seeds 5 6 7 8 9
+    OMP_NUM_THREADS=1 taskset -c 0 python bench/time_to_fit.py --stage explore \
+        --explore mmlu-tsloss
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/time_to_fit.py --stage explore \
+        --explore bbh-single-tsloss gsm8k-single-tsloss
     python bench/time_to_fit.py --stage scale
     python bench/time_to_fit.py --report-only
     python bench/time_to_fit.py --quick          # tiny model, seconds (smoke test)
@@ -31,7 +37,9 @@ seeds), ``tuning`` (per arm: seeds, steps, median, mean test accuracy), ``best_b
 ratio, ci_low, ci_high, p, p_holm, faster, slower, ties, ratios, accuracy_diff,
 accuracy_ci_low, accuracy_ci_high, verdict}; ``status`` "not run" with p 1 where an arm has no
 runs), ``headline`` (the primary with the lowest p_holm), ``moonshot_met``, ``exploratory``
-(CE at the paper's init against the best baseline), ``scale`` (per model and init: median
+(``paper_init_vs_best``: CE at the paper's init against the best baseline;
+``tsloss_on_best``: section 6b's comparisons, the fields of ``primary`` without ``p_holm``
+plus ``setting``), ``scale`` (per model and init: median
 norm of virtual vs real tokens), ``provenance`` (``common.provenance_summary``).
 """
 
@@ -97,6 +105,14 @@ PRIMARY: dict[str, tuple[str, str]] = {
     "bbh-tsloss-scalefree": ("bbh", "ts:mean"),
 }
 
+#: Exploratory comparisons (PROTOCOL section 6b), each at its task's best baseline and never
+#: in the Holm family: name -> (task, setting, method of the arm, number of evaluation seeds).
+EXPLORE: dict[str, tuple[str, str, str, int]] = {
+    "mmlu-tsloss": ("mmlu", "multi", "ce+ts", 10),
+    "bbh-single-tsloss": ("bbh", "single", "ce+ts", 10),
+    "gsm8k-single-tsloss": ("gsm8k", "single", "ce+ts", 6),
+}
+
 
 def arm_label(method: str, init: str, lr: float) -> str:
     return f"{method}@{init},lr={lr:g}"
@@ -120,8 +136,10 @@ def tuning_grid(d: Design) -> list[str]:
     return [arm_label("ce", init, lr) for init in PROMPT_INITS for lr in d.tune_lrs]
 
 
-def run_key(arm: str, task: str, seed: int) -> str:
-    return f"{task}|{arm}|{seed}"
+def run_key(arm: str, task: str, seed: int, setting: str = "multi") -> str:
+    """Multi-sample keys keep the form the primary runs were recorded under."""
+    where = task if setting == "multi" else f"{task}/{setting}"
+    return f"{where}|{arm}|{seed}"
 
 
 # --------------------------------------------------------------------------- analysis
@@ -142,10 +160,12 @@ def _steps(r: dict[str, Any]) -> int | None:
     return int(r["steps"])
 
 
-def _by_arm(runs: list[dict[str, Any]], task: str) -> dict[str, dict[int, dict[str, Any]]]:
+def _by_arm(
+    runs: list[dict[str, Any]], task: str, setting: str = "multi"
+) -> dict[str, dict[int, dict[str, Any]]]:
     out: dict[str, dict[int, dict[str, Any]]] = {}
     for r in _ok(runs):
-        if r["task"] == task:
+        if r["task"] == task and r.get("setting", "multi") == setting:
             out.setdefault(r["arm"], {})[int(r["seed"])] = r
     return out
 
@@ -200,10 +220,12 @@ def select_best(table: list[dict[str, Any]], d: Design) -> str | None:
 
 
 def best_baselines(runs: list[dict[str, Any]], d: Design) -> dict[str, dict[str, str]]:
-    """``{task: {"arm", "source"}}`` for every task the primary comparisons use."""
+    """``{task: {"arm", "source"}}`` for every task the primary and exploratory comparisons
+    use."""
     bbh = select_best(tuning_table(runs, "bbh", d), d)
     out: dict[str, dict[str, str]] = {}
-    for task in sorted({t for t, _ in PRIMARY.values()}):
+    tasks = {t for t, _ in PRIMARY.values()} | {e[0] for e in EXPLORE.values()}
+    for task in sorted(tasks):
         own = select_best(tuning_table(runs, task, d), d)
         if own is not None:
             out[task] = {"arm": own, "source": f"tuned on {task}"}
@@ -250,6 +272,41 @@ def verdict(c: dict[str, Any]) -> str:
     return f"{v}; {acc}"
 
 
+def _compare_arms(
+    name: str,
+    runs: list[dict[str, Any]],
+    task: str,
+    setting: str,
+    arm: str,
+    base_arm: str,
+    d: Design,
+) -> dict[str, Any] | None:
+    """``stats.compare`` of ``arm`` against ``base_arm`` over their common seeds, with the
+    paired test-accuracy difference and the failed runs of each; None without a pair."""
+    arms = _by_arm(runs, task, setting)
+    a, b = arms.get(arm, {}), arms.get(base_arm, {})
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    c = stats.compare(
+        name,
+        arm,
+        base_arm,
+        {s: _steps(a[s]) for s in seeds},
+        {s: _steps(b[s]) for s in seeds},
+        d.budget,
+    )
+    diff, lo, hi = _paired_accuracy(a, b)
+    return c | {
+        "status": "ok",
+        "accuracy_diff": diff,
+        "accuracy_ci_low": lo,
+        "accuracy_ci_high": hi,
+        "arm_failed": sum(common.run_status(a[s]) == "failed" for s in a),
+        "baseline_failed": sum(common.run_status(b[s]) == "failed" for s in b),
+    }
+
+
 def primary_comparisons(
     runs: list[dict[str, Any]], best: dict[str, dict[str, str]], d: Design
 ) -> list[dict[str, Any]]:
@@ -263,30 +320,11 @@ def primary_comparisons(
             continue
         _, init, lr = parse_arm(base_arm)
         arm = arm_label(method, init, lr)
-        arms = _by_arm(prim, task)
-        a, b = arms.get(arm, {}), arms.get(base_arm, {})
-        seeds = sorted(set(a) & set(b))
-        if not seeds:
+        result = _compare_arms(name, prim, task, "multi", arm, base_arm, d)
+        if result is None:
             out.append(entry | {"status": "not run", "p": 1.0, "config": arm, "baseline": base_arm})
             continue
-        c = stats.compare(
-            name,
-            arm,
-            base_arm,
-            {s: _steps(a[s]) for s in seeds},
-            {s: _steps(b[s]) for s in seeds},
-            d.budget,
-        )
-        diff, lo, hi = _paired_accuracy(a, b)
-        result = c | {
-            "status": "ok",
-            "accuracy_diff": diff,
-            "accuracy_ci_low": lo,
-            "accuracy_ci_high": hi,
-            "arm_failed": sum(common.run_status(a[s]) == "failed" for s in a),
-            "baseline_failed": sum(common.run_status(b[s]) == "failed" for s in b),
-        }
-        if len(seeds) < len(d.eval_seeds):
+        if result["n_pairs"] < len(d.eval_seeds):
             # PROTOCOL section 5: a comparison not run to all its seeds is "not run" (p = 1 in
             # the Holm family), never tested on fewer; its pairs so far are kept, exploratory.
             out.append(
@@ -296,7 +334,7 @@ def primary_comparisons(
                     "p": 1.0,
                     "config": arm,
                     "baseline": base_arm,
-                    "n_pairs": len(seeds),
+                    "n_pairs": result["n_pairs"],
                     "partial": result,
                 }
             )
@@ -345,6 +383,25 @@ def exploratory_paper_init(
                 d.budget,
             )
             out.append(c)
+    return out
+
+
+def explore_comparisons(
+    runs: list[dict[str, Any]], best: dict[str, dict[str, str]], d: Design
+) -> list[dict[str, Any]]:
+    """PROTOCOL section 6b: TSLoss against the best baseline on MMLU and single-sample, on
+    whatever pairs have run (their number is reported); uncorrected, never in the Holm family."""
+    out = []
+    ran = [r for r in runs if r.get("stage") == "explore"]
+    for name, (task, setting, method, n_seeds) in EXPLORE.items():
+        base_arm = best.get(task, {}).get("arm")
+        if base_arm is None:
+            continue
+        _, init, lr = parse_arm(base_arm)
+        arm = arm_label(method, init, lr)
+        c = _compare_arms(name, ran, task, setting, arm, base_arm, d)
+        if c is not None:
+            out.append(c | {"task": task, "setting": setting, "planned_pairs": n_seeds})
     return out
 
 
@@ -412,7 +469,10 @@ def build_result(
         "primary": primary,
         "headline": head,
         "moonshot_met": moonshot_met(head),
-        "exploratory": {"paper_init_vs_best": exploratory_paper_init(runs, best, d)},
+        "exploratory": {
+            "paper_init_vs_best": exploratory_paper_init(runs, best, d),
+            "tsloss_on_best": explore_comparisons(runs, best, d),
+        },
         "scale": extra.get("scale"),
         "provenance": common.page_provenance(runs, meta),
     }
@@ -543,6 +603,54 @@ def markdown(res: dict[str, Any]) -> str:
             f"{c['ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}], p = {_f(c['p'], '.3g')}, "
             f"{c['n_pairs']} seeds."
         )
+    explore = res["exploratory"].get("tsloss_on_best") or []
+    if explore:
+        lines += [
+            "",
+            "### TSLoss on the best baseline: MMLU and single-sample (PROTOCOL 6b)",
+            "",
+            "Uncorrected, not in the Holm family above; pairs = those finished of the planned.",
+            "",
+        ]
+        rows = []
+        for c in explore:
+            acc = (
+                "n/a"
+                if c["accuracy_diff"] is None
+                else f"{100 * c['accuracy_diff']:+.1f} [{100 * c['accuracy_ci_low']:+.1f}, "
+                f"{100 * c['accuracy_ci_high']:+.1f}]"
+            )
+            rows.append(
+                [
+                    c["name"],
+                    f"{c['task']} {c['setting']}",
+                    f"`{c['config']}`",
+                    f"`{c['baseline']}`",
+                    f"{c['n_pairs']} of {c['planned_pairs']}",
+                    f"{c['ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]",
+                    f"{c['faster']}/{c['slower']}/{c['ties']}",
+                    _f(c["p"], ".3g"),
+                    acc,
+                    f"{c['arm_failed']} / {c['baseline_failed']}",
+                ]
+            )
+        lines.append(
+            common.markdown_table(
+                [
+                    "comparison",
+                    "task",
+                    "arm",
+                    "baseline",
+                    "pairs",
+                    "ratio [95% CI]",
+                    "faster/slower/tie",
+                    "p (uncorrected)",
+                    "test acc. diff, points [95% CI]",
+                    "failed (arm / baseline)",
+                ],
+                rows,
+            )
+        )
     if res.get("scale"):
         lines += ["", "### Embedding scale of each init (seed 0)", ""]
         rows = []
@@ -581,13 +689,13 @@ def markdown(res: dict[str, Any]) -> str:
 
 def plan(
     args: argparse.Namespace, runs: list[dict[str, Any]], d: Design
-) -> list[tuple[str, str, str, int]]:
-    """``(stage, task, arm, seed)`` to run."""
-    todo: list[tuple[str, str, str, int]] = []
+) -> list[tuple[str, str, str, str, int]]:
+    """``(stage, task, setting, arm, seed)`` to run."""
+    todo: list[tuple[str, str, str, str, int]] = []
     if args.stage == "tune":
         for task in args.tasks:
             for arm in tuning_grid(d):
-                todo += [("tune", task, arm, s) for s in args.seeds or d.tune_seeds]
+                todo += [("tune", task, "multi", arm, s) for s in args.seeds or d.tune_seeds]
     elif args.stage == "primary":
         best = best_baselines(runs, d)
         for name in args.comparisons:
@@ -602,16 +710,31 @@ def plan(
             if args.with_paper_init:
                 arms.append(PAPER_ARM)
             for seed in args.seeds or d.eval_seeds:
-                todo += [("primary", task, a, seed) for a in arms]
-    seen: set[tuple[str, str, str, int]] = set()
+                todo += [("primary", task, "multi", a, seed) for a in arms]
+    elif args.stage == "explore":
+        best = best_baselines(runs, d)
+        for name in args.explore:
+            task, setting, method, n_seeds = EXPLORE[name]
+            if task not in best:
+                raise SystemExit(
+                    f"no best baseline for {task} yet: run --stage tune first (PROTOCOL 4)"
+                )
+            base = best[task]["arm"]
+            _, init, lr = parse_arm(base)
+            for seed in args.seeds or d.eval_seeds[:n_seeds]:
+                todo += [
+                    ("explore", task, setting, a, seed) for a in (base, arm_label(method, init, lr))
+                ]
+    seen: set[tuple[str, str, str, str, int]] = set()
     return [x for x in todo if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=["tune", "select", "primary", "scale"])
+    parser.add_argument("--stage", choices=["tune", "select", "primary", "explore", "scale"])
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["bbh"])
     parser.add_argument("--comparisons", nargs="+", choices=list(PRIMARY), default=list(PRIMARY))
+    parser.add_argument("--explore", nargs="+", choices=list(EXPLORE), default=list(EXPLORE))
     parser.add_argument(
         "--with-paper-init",
         action="store_true",
@@ -651,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {"device": args.device}
     json_file = args.out / "time_to_fit.json"
 
-    stages = ["tune", "primary", "scale"] if args.quick else [args.stage]
+    stages = ["tune", "primary", "explore", "scale"] if args.quick else [args.stage]
     if args.report_only:
         stages = []
     loaded = model = None
@@ -670,18 +793,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.quick and stage == "primary":
                 args.comparisons = ["bbh-tsloss", "bbh-tsloss-scalefree"]
                 args.seeds, args.with_paper_init = None, True
-            if args.quick and stage == "tune":
+            if args.quick and stage in ("tune", "explore"):
                 args.seeds = None
             runs = read_runs(runs_file)
             done = common.done_keys(runs)
-            todo = [x for x in plan(args, runs, d) if run_key(x[2], x[1], x[3]) not in done]
+            todo = [x for x in plan(args, runs, d) if run_key(x[3], x[1], x[4], x[2]) not in done]
             print(f"{stage}: {len(todo)} run(s) to do, {len(done)} done in {runs_file}", flush=True)
             if todo and loaded is None:
                 loaded = load_base_model(model_name, device=args.device)
                 model = get_prompt_model(loaded.model, "prompt_tuning", num_virtual_tokens=20)
-            for i, (st, task, arm, seed) in enumerate(todo):
+            for i, (st, task, setting, arm, seed) in enumerate(todo):
                 method, init, lr = parse_arm(arm)
-                key = run_key(arm, task, seed)
+                key = run_key(arm, task, seed, setting)
                 fields = {
                     "stage": st,
                     "task": task,
@@ -690,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
                     "init": init,
                     "lr": lr,
                     "seed": seed,
-                    "setting": "multi",
+                    "setting": setting,
                     "max_steps": d.budget,
                 }
                 rec = common.record_run(
@@ -703,14 +826,14 @@ def main(argv: list[str] | None = None) -> int:
                         model,
                         loaded.tokenizer,
                         TASKS[task],
-                        "multi",
+                        setting,
                         method,
                         seed,
                         lr=lr,
                         max_steps=d.budget,
                         test_n=d.test_n[task],
                         source=sources.get(task),
-                        work=args.work / arm.replace("@", "_").replace(",", "_"),
+                        work=args.work / setting / arm.replace("@", "_").replace(",", "_"),
                         init=init,
                     ),
                 )

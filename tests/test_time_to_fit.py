@@ -19,11 +19,12 @@ from tiny import run_bench
 D = ttf.PROTOCOL
 
 
-def _run(stage, task, arm, seed, steps, acc=0.5, status="ok"):
+def _run(stage, task, arm, seed, steps, acc=0.5, status="ok", setting="multi"):
     return {
-        "key": ttf.run_key(arm, task, seed),
+        "key": ttf.run_key(arm, task, seed, setting),
         "stage": stage,
         "task": task,
+        "setting": setting,
         "arm": arm,
         "seed": seed,
         "converged": steps is not None,
@@ -128,6 +129,42 @@ def test_failed_and_worse_accuracy_runs_are_counted_not_dropped():
     assert not ttf.moonshot_met(c)
 
 
+def test_explore_comparisons_stay_out_of_the_holm_family_and_apart_by_setting():
+    """PROTOCOL 6b: MMLU and single-sample pairs are compared at the task's best baseline
+    (BBH's choice for MMLU), uncorrected; single-sample runs never mix with multi-sample ones."""
+    base, ts = "ce@text,lr=0.01", "ce+ts@text,lr=0.01"
+    runs = [_run("tune", "bbh", base, s, 10) for s in D.tune_seeds]
+    for seed in D.eval_seeds:  # P1: TSLoss doubles the steps on every seed
+        runs.append(_run("primary", "bbh", base, seed, 10))
+        runs.append(_run("primary", "bbh", ts, seed, 20))
+    for seed in range(6):  # E2: BBH single-sample, 1 step faster on seeds 0-4, a tie on 5
+        runs.append(_run("explore", "bbh", base, seed, 4, setting="single"))
+        runs.append(_run("explore", "bbh", ts, seed, 4 if seed == 5 else 3, setting="single"))
+    for seed in range(3):  # E1: MMLU, 3 of 10 pairs, accuracy 0.1 lower with TSLoss
+        runs.append(_run("explore", "mmlu", base, seed, 8, acc=0.4))
+        runs.append(_run("explore", "mmlu", ts, seed, 8, acc=0.3))
+    assert len({r["key"] for r in runs}) == len(runs)  # single and multi keys never collide
+    res = ttf.build_result(runs, ttf.common.run_metadata(), {}, D)
+    by = {c["name"]: c for c in res["primary"]}
+    # Same Holm family of three as without the exploratory runs: P1's p = 2/1024, times 3.
+    assert by["bbh-tsloss"]["ratio"] == pytest.approx(2.0)
+    assert by["bbh-tsloss"]["p_holm"] == pytest.approx(3 * 2 / 1024)
+    assert res["best_baseline"]["mmlu"]["arm"] == base
+    assert "BBH's choice" in res["best_baseline"]["mmlu"]["source"]
+    ex = {c["name"]: c for c in res["exploratory"]["tsloss_on_best"]}
+    assert set(ex) == {"bbh-single-tsloss", "mmlu-tsloss"}  # GSM8K single has no pairs
+    e2 = ex["bbh-single-tsloss"]
+    assert e2["setting"] == "single" and e2["n_pairs"] == 6 and e2["planned_pairs"] == 10
+    assert (e2["faster"], e2["slower"], e2["ties"]) == (5, 0, 1)
+    assert e2["ratio"] == pytest.approx((3 / 4) ** (5 / 6))
+    assert e2["p"] == pytest.approx(2 / 32)  # exact Wilcoxon, 5 non-zero pairs, all one sign
+    assert "p_holm" not in e2
+    e1 = ex["mmlu-tsloss"]
+    assert e1["ratio"] == pytest.approx(1.0) and e1["accuracy_diff"] == pytest.approx(-0.1)
+    md = ttf.markdown(res)
+    assert "PROTOCOL 6b" in md and "6 of 10" in md and "3 of 10" in md
+
+
 @pytest.mark.slow
 def test_time_to_fit_quick(tmp_path):
     out = tmp_path / "ttf"
@@ -142,7 +179,16 @@ def test_time_to_fit_quick(tmp_path):
     assert fields <= set(data["headline"])
     assert len(data["tuning"]["bbh"]) == 3  # one lr x three inits in the quick design
     runs = [json.loads(x) for x in (out / "time_to_fit_runs.jsonl").read_text().splitlines()]
-    assert len(runs) == 3 + 2 * 3  # tuning + (baseline, two arms, paper init = baseline) x 2
+    # tuning + (baseline, two arms, paper init = baseline) x 2 + explore (2 arms x 2 seeds x 3)
+    assert len(runs) == 3 + 2 * 3 + 2 * 2 * 3
+    explore = [r for r in runs if r["stage"] == "explore"]
+    assert {(r["task"], r["setting"]) for r in explore} == {
+        ("mmlu", "multi"),
+        ("bbh", "single"),
+        ("gsm8k", "single"),
+    }
+    assert all(r["k"] == (1 if r["setting"] == "single" else 10) for r in explore)
+    assert {c["name"] for c in data["exploratory"]["tsloss_on_best"]} == set(ttf.EXPLORE)
     assert all(r["commit"] and "dirty" in r for r in runs)
     assert {r["init"] for r in runs if r["stage"] == "tune"} == {"normal", "sample_vocab", "text"}
     assert set(data["scale"][0]["inits"]) == {"normal", "sample_vocab", "text"}
