@@ -482,6 +482,20 @@ def _f(x: Any, spec: str = ".2f") -> str:
     return "n/a" if x is None else f"{x:{spec}}"
 
 
+def _ratio_cell(c: dict[str, Any]) -> str:
+    return f"{c['ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+
+
+def _accuracy_cell(c: dict[str, Any]) -> str:
+    """The paired test-accuracy difference in points with its interval."""
+    if c["accuracy_diff"] is None:
+        return "n/a"
+    return (
+        f"{100 * c['accuracy_diff']:+.1f} [{100 * c['accuracy_ci_low']:+.1f}, "
+        f"{100 * c['accuracy_ci_high']:+.1f}]"
+    )
+
+
 def markdown(res: dict[str, Any]) -> str:
     budget = res["protocol"]["budget"]
     lines = [
@@ -516,23 +530,17 @@ def markdown(res: dict[str, Any]) -> str:
                 ]
             )
             continue
-        acc = (
-            "n/a"
-            if c["accuracy_diff"] is None
-            else f"{100 * c['accuracy_diff']:+.1f} [{100 * c['accuracy_ci_low']:+.1f}, "
-            f"{100 * c['accuracy_ci_high']:+.1f}]"
-        )
         rows.append(
             [
                 c["name"],
                 f"`{c['config']}`",
                 f"`{c['baseline']}`",
                 str(c["n_pairs"]),
-                f"{c['ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]",
+                _ratio_cell(c),
                 f"{c['faster']}/{c['slower']}/{c['ties']}",
                 _f(c["p"], ".3g"),
                 _f(c["p_holm"], ".3g"),
-                acc,
+                _accuracy_cell(c),
                 c["verdict"],
             ]
         )
@@ -614,12 +622,6 @@ def markdown(res: dict[str, Any]) -> str:
         ]
         rows = []
         for c in explore:
-            acc = (
-                "n/a"
-                if c["accuracy_diff"] is None
-                else f"{100 * c['accuracy_diff']:+.1f} [{100 * c['accuracy_ci_low']:+.1f}, "
-                f"{100 * c['accuracy_ci_high']:+.1f}]"
-            )
             rows.append(
                 [
                     c["name"],
@@ -627,10 +629,10 @@ def markdown(res: dict[str, Any]) -> str:
                     f"`{c['config']}`",
                     f"`{c['baseline']}`",
                     f"{c['n_pairs']} of {c['planned_pairs']}",
-                    f"{c['ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]",
+                    _ratio_cell(c),
                     f"{c['faster']}/{c['slower']}/{c['ties']}",
                     _f(c["p"], ".3g"),
-                    acc,
+                    _accuracy_cell(c),
                     f"{c['arm_failed']} / {c['baseline_failed']}",
                 ]
             )
