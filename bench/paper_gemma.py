@@ -18,7 +18,9 @@ JSON fields: ``meta`` (``common.run_metadata``), ``design`` (the numbers above),
 end, median target-token accuracy at the end (how close an unfitted prompt came), median
 prompt row norm at the start and end (the init's scale, and how far training moved it),
 median regulariser gradient share, median seconds per step, mean test accuracy),
-``comparisons`` (per init, CE + TSLoss against CE: ``stats.compare`` fields, exploratory),
+``comparisons`` (per init, CE + TSLoss against CE: ``stats.compare`` fields plus
+``ce_end_diff_median``, ``ce_end_lower``, ``ce_end_higher``: the paired final CE, arm minus
+CE; exploratory),
 ``provenance`` (``common.page_provenance``).
 """
 
@@ -123,17 +125,35 @@ def summarise(runs: list[dict[str, Any]], d: Design) -> dict[str, Any]:
         seeds = sorted(set(a) & set(b))
         if not seeds:
             continue
-        comparisons.append(
-            stats.compare(
-                f"tsloss@{init}",
-                arm,
-                base,
-                {s: _steps(a[s]) for s in seeds},
-                {s: _steps(b[s]) for s in seeds},
-                d.budget,
-            )
+        c = stats.compare(
+            f"tsloss@{init}",
+            arm,
+            base,
+            {s: _steps(a[s]) for s in seeds},
+            {s: _steps(b[s]) for s in seeds},
+            d.budget,
         )
+        comparisons.append(c | _final_ce_pairs(a, b, seeds))
     return {"arms": arms, "comparisons": comparisons}
+
+
+def _final_ce_pairs(
+    arm: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]], seeds: list[int]
+) -> dict[str, Any]:
+    """How the final CE of the arm compares with the baseline's, seed by seed: where neither
+    fits within the budget the steps tie, and this says whether the arm got any closer."""
+    diffs = [
+        arm[s]["ce"][-1] - base[s]["ce"][-1]
+        for s in seeds
+        if arm[s].get("ce")
+        and base[s].get("ce")
+        and None not in (arm[s]["ce"][-1], base[s]["ce"][-1])
+    ]
+    return {
+        "ce_end_diff_median": _median(diffs),
+        "ce_end_lower": sum(x < 0 for x in diffs),
+        "ce_end_higher": sum(x > 0 for x in diffs),
+    }
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:
@@ -190,7 +210,15 @@ def markdown(res: dict[str, Any]) -> str:
     else:
         lines.append(
             common.markdown_table(
-                ["init", "pairs", "ratio [95% CI]", "faster / slower / tie", "p (Wilcoxon)"],
+                [
+                    "init",
+                    "pairs",
+                    "ratio [95% CI]",
+                    "faster / slower / tie",
+                    "p (Wilcoxon)",
+                    "final CE, arm - CE (median)",
+                    "final CE lower / higher",
+                ],
                 [
                     [
                         c["name"].split("@", 1)[1],
@@ -198,6 +226,8 @@ def markdown(res: dict[str, Any]) -> str:
                         f"{c['ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]",
                         f"{c['faster']}/{c['slower']}/{c['ties']}",
                         _fmt(c["p"], ".3g"),
+                        _fmt(c["ce_end_diff_median"], "+.3g"),
+                        f"{c['ce_end_lower']} / {c['ce_end_higher']}",
                     ]
                     for c in res["comparisons"]
                 ],
