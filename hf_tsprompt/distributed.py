@@ -50,6 +50,9 @@ def gloo_worker_threads() -> int | None:
     """How many gloo worker threads this process has alive (0 once every gloo group is gone).
 
     Read from ``/proc/self/task/*/comm``; ``None`` where that does not exist (not Linux).
+    Each worker names itself once it is scheduled, so right after ``init_process_group`` the
+    count can lag behind (0 on busy cores); once a group is destroyed its workers are joined,
+    so a count taken after :func:`release_process_groups` does not lag.
     """
     tasks = Path("/proc/self/task")
     if not tasks.is_dir():
