@@ -53,7 +53,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -131,6 +131,22 @@ def parse_arm(arm: str) -> tuple[str, str, float]:
     return out
 
 
+def arm_on(base_arm: str, method: str) -> str:
+    """The arm that runs ``method`` at the init and learning rate of ``base_arm``."""
+    _, init, lr = parse_arm(base_arm)
+    return arm_label(method, init, lr)
+
+
+class Job(NamedTuple):
+    """One run to do: what :func:`plan` returns and what :func:`run_key` names."""
+
+    stage: str
+    task: str
+    setting: str
+    arm: str
+    seed: int
+
+
 def tuning_grid(d: Design) -> list[str]:
     """The CE arms of the tuning grid, in the protocol's tie-breaking order."""
     return [arm_label("ce", init, lr) for init in PROMPT_INITS for lr in d.tune_lrs]
@@ -140,6 +156,10 @@ def run_key(arm: str, task: str, seed: int, setting: str = "multi") -> str:
     """Multi-sample keys keep the form the primary runs were recorded under."""
     where = task if setting == "multi" else f"{task}/{setting}"
     return f"{where}|{arm}|{seed}"
+
+
+def job_key(job: Job) -> str:
+    return run_key(job.arm, job.task, job.seed, job.setting)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -318,8 +338,7 @@ def primary_comparisons(
         if base_arm is None:
             out.append(entry | {"status": "not run", "p": 1.0, "config": method, "baseline": None})
             continue
-        _, init, lr = parse_arm(base_arm)
-        arm = arm_label(method, init, lr)
+        arm = arm_on(base_arm, method)
         result = _compare_arms(name, prim, task, "multi", arm, base_arm, d)
         if result is None:
             out.append(entry | {"status": "not run", "p": 1.0, "config": arm, "baseline": base_arm})
@@ -397,8 +416,7 @@ def explore_comparisons(
         base_arm = best.get(task, {}).get("arm")
         if base_arm is None:
             continue
-        _, init, lr = parse_arm(base_arm)
-        arm = arm_label(method, init, lr)
+        arm = arm_on(base_arm, method)
         c = _compare_arms(name, ran, task, setting, arm, base_arm, d)
         if c is not None:
             out.append(c | {"task": task, "setting": setting, "planned_pairs": n_seeds})
@@ -689,15 +707,13 @@ def markdown(res: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def plan(
-    args: argparse.Namespace, runs: list[dict[str, Any]], d: Design
-) -> list[tuple[str, str, str, str, int]]:
-    """``(stage, task, setting, arm, seed)`` to run."""
-    todo: list[tuple[str, str, str, str, int]] = []
+def plan(args: argparse.Namespace, runs: list[dict[str, Any]], d: Design) -> list[Job]:
+    """The runs a stage asks for, in order, each once."""
+    todo: list[Job] = []
     if args.stage == "tune":
         for task in args.tasks:
             for arm in tuning_grid(d):
-                todo += [("tune", task, "multi", arm, s) for s in args.seeds or d.tune_seeds]
+                todo += [Job("tune", task, "multi", arm, s) for s in args.seeds or d.tune_seeds]
     elif args.stage == "primary":
         best = best_baselines(runs, d)
         for name in args.comparisons:
@@ -707,12 +723,11 @@ def plan(
                     f"no best baseline for {task} yet: run --stage tune first (PROTOCOL 4)"
                 )
             base = best[task]["arm"]
-            _, init, lr = parse_arm(base)
-            arms = [base, arm_label(method, init, lr)]
+            arms = [base, arm_on(base, method)]
             if args.with_paper_init:
                 arms.append(PAPER_ARM)
             for seed in args.seeds or d.eval_seeds:
-                todo += [("primary", task, "multi", a, seed) for a in arms]
+                todo += [Job("primary", task, "multi", a, seed) for a in arms]
     elif args.stage == "explore":
         best = best_baselines(runs, d)
         for name in args.explore:
@@ -722,12 +737,11 @@ def plan(
                     f"no best baseline for {task} yet: run --stage tune first (PROTOCOL 4)"
                 )
             base = best[task]["arm"]
-            _, init, lr = parse_arm(base)
             for seed in args.seeds or d.eval_seeds[:n_seeds]:
                 todo += [
-                    ("explore", task, setting, a, seed) for a in (base, arm_label(method, init, lr))
+                    Job("explore", task, setting, a, seed) for a in (base, arm_on(base, method))
                 ]
-    seen: set[tuple[str, str, str, str, int]] = set()
+    seen: set[Job] = set()
     return [x for x in todo if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
 
 
@@ -799,14 +813,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.seeds = None
             runs = read_runs(runs_file)
             done = common.done_keys(runs)
-            todo = [x for x in plan(args, runs, d) if run_key(x[3], x[1], x[4], x[2]) not in done]
+            todo = [j for j in plan(args, runs, d) if job_key(j) not in done]
             print(f"{stage}: {len(todo)} run(s) to do, {len(done)} done in {runs_file}", flush=True)
             if todo and loaded is None:
                 loaded = load_base_model(model_name, device=args.device)
                 model = get_prompt_model(loaded.model, "prompt_tuning", num_virtual_tokens=20)
-            for i, (st, task, setting, arm, seed) in enumerate(todo):
+            for i, job in enumerate(todo):
+                st, task, setting, arm, seed = job
                 method, init, lr = parse_arm(arm)
-                key = run_key(arm, task, seed, setting)
+                key = job_key(job)
                 fields = {
                     "stage": st,
                     "task": task,

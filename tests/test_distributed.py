@@ -185,12 +185,12 @@ def _one_process_group(tmp_path: Path) -> None:
 
 @pytest.fixture
 def no_group_left_behind():
-    """A failed assertion must not leave this process's default group to the next test."""
+    """A failed assertion must not leave this process's default group (or its gloo workers)
+    to the next test."""
     yield
-    import torch.distributed as dist
+    from hf_tsprompt.distributed import release_process_groups
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    release_process_groups()
 
 
 def test_release_joins_the_gloo_workers_after_the_trainer_is_gone(tmp_path, no_group_left_behind):
