@@ -11,8 +11,8 @@ base model (default: the embedded SmolLM2-135M-Instruct, float32, one torch thre
 - for each adapter method (prompt tuning, P-tuning, prefix tuning; ``--virtual-tokens``
   virtual tokens, untrained, built by ``hf_tsprompt.prompts.get_prompt_model``: the library's
   configs and N(0, 0.02^2) init): ``<method>_cached`` and
-  ``<method>_uncached``, ``PeftModel.generate`` with ``hf_tsprompt.generation``'s fix active
-  (peft 0.21 + transformers 5 need it: without it cached output is wrong).
+  ``<method>_uncached``, ``PeftModel.generate`` after ``hf_tsprompt.generation.fix_generate``
+  (bound where the library's check finds peft's own ``generate`` wrong for that method).
 
 Tokens/s = new tokens / wall seconds of one ``generate`` call. Each repeat runs every
 configuration once, in an order rotated per repeat, after one untimed warm-up call of each
@@ -26,8 +26,9 @@ Goal: prompt tuning's ratio >= 0.9.
 Correctness is checked on the same model: for each method, the cached tokens must equal
 greedy decoding with peft's own training forward (the full sequence, no cache;
 ``reference_equal``), and every timed call of a model, cached or not, must give the same tokens
-(``cached_equals_uncached``). With the fix removed (``hf_tsprompt.generation.remove``) the cached
-call is repeated once (``unpatched_cached_equal``: False shows the upstream bug on this model).
+(``cached_equals_uncached``). Where the fix is bound, it is taken off
+(``hf_tsprompt.generation.unfix_generate``) and the cached call repeated once
+(``unpatched_cached_equal``: False shows the upstream bug on this model).
 
 How to run
 ----------
@@ -45,7 +46,8 @@ JSON fields (``generation_speed.json``)
 ---------------------------------------
 - ``benchmark``: ``"generation_speed"``; ``quick``; ``command``, ``machine``, ``versions``,
   ``git``, ``started`` (``bench/common.py``); ``load`` (:meth:`LoadMonitor.summary`, the timed
-  part); ``fix`` (``{"active", "reason"}`` from :func:`hf_tsprompt.generation.status`).
+  part); ``fix``: per method, ``{"active", "reason"}`` (``fix_generate``'s answer and the
+  check's :meth:`~hf_tsprompt.generation.MethodCheck.describe`).
 - ``settings``: ``model``, ``new_tokens``, ``virtual_tokens``, ``repeats``,
   ``uncached_repeats``, ``prompt_tokens``, ``methods``, ``dtype``.
 - ``configs``: per configuration, ``tokens_per_s`` (:func:`common.stats` over repeats) and
@@ -156,26 +158,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
     stop = _stop_ids(base, tok)
-    import peft  # noqa: F401 - hf_tsprompt's fix is applied when peft is imported
-
-    active, reason = generation.status()
-    print(f"[generation] fix: {reason}", flush=True)
 
     models: dict[str, Any] = {"base": base}
     correctness: dict[str, Any] = {}
     cached_tokens: dict[str, list[int]] = {}
+    fix: dict[str, dict[str, Any]] = {}
     for method in args.methods:
         model = _adapter(base, method, args.virtual_tokens)
+        active = generation.fix_generate(model)
+        fix[method] = {"active": active, "reason": generation.check(method)[method].describe()}
+        print(f"[generation] fix: {fix[method]['reason']}", flush=True)
         reference = _reference(model, ids, args.new_tokens, stop)
         _, cached = _generate(model, ids, args.new_tokens, True)
         cached_tokens[method] = cached
         unpatched = None
         if active:
-            generation.remove()
+            generation.unfix_generate(model)
             try:
                 unpatched = _generate(model, ids, args.new_tokens, True)[1] == reference
             finally:
-                generation.apply()
+                generation.fix_generate(model)
         correctness[method] = {
             "reference_equal": cached == reference,
             "unpatched_cached_equal": unpatched,
@@ -218,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for method in args.methods:
         correctness[method]["cached_equals_uncached"] = same[method]
     correctness["base"] = {"cached_equals_uncached": same["base"]}
-    return _summarise(args, meta, load.summary(), trials, correctness, (active, reason), ids)
+    return _summarise(args, meta, load.summary(), trials, correctness, fix, ids)
 
 
 def _summarise(
@@ -227,7 +229,7 @@ def _summarise(
     load: dict[str, Any],
     trials: list[dict[str, Any]],
     correctness: dict[str, Any],
-    fix: tuple[bool, str],
+    fix: dict[str, dict[str, Any]],
     ids: Any,
 ) -> dict[str, Any]:
     by = _by_config(trials)
@@ -243,7 +245,7 @@ def _summarise(
     main = "prompt_tuning" if "prompt_tuning" in args.methods else args.methods[0]
     data: dict[str, Any] = {"benchmark": "generation_speed", "quick": args.quick, **meta}
     data["load"] = load
-    data["fix"] = {"active": fix[0], "reason": fix[1]}
+    data["fix"] = fix
     data["settings"] = {
         "model": args.model,
         "new_tokens": args.new_tokens,
@@ -312,8 +314,10 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"{s['prompt_tokens']}-token chat prompt, {s['virtual_tokens']} virtual tokens "
         f"(untrained), model `{s['model']}` ({s['dtype']}, one torch thread); "
         f"{s['repeats']} repeats ({s['uncached_repeats']} with the uncached configurations), "
-        "configurations in rotating order, one process. "
-        f"Fix: {data['fix']['reason']}.",
+        "configurations in rotating order, one process. The check of `generate` (the library's "
+        "`hf_tsprompt.generation.check`): "
+        + "; ".join(data["fix"][m]["reason"] for m in s["methods"])
+        + ".",
         "",
         "## Reading",
         "",

@@ -150,13 +150,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .trainer import MetricSource, TopologicalPromptConfig, TopologicalPromptTrainer
 
 
-# Correct cached PeftModel.generate for prompt-learning adapters (peft 0.21 + transformers 5);
-# applied when peft is imported, and only where the installed peft has the bug. See generation.py.
-from .generation import install as _install_generate_fix  # noqa: E402 - no torch/peft, fast
-
-_install_generate_fix()
-
-
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:

@@ -1,115 +1,118 @@
-"""Correct (and cached) ``PeftModel.generate`` for prompt-learning adapters on transformers 5.
+"""Right ``PeftModel.generate`` for prompt-learning adapters, decided by behaviour.
 
-**The upstream bug.** transformers 5 renamed the KV-cache argument of
-``prepare_inputs_for_generation`` and of the models' ``forward`` from ``past_key_values`` to
-``cache`` (5.24 also stopped passing ``cache_position``). peft 0.21.2's
-``PeftModelForCausalLM.prepare_inputs_for_generation`` still reads
-``model_kwargs["past_key_values"]``, finds nothing, and so treats every generation step as the
-first one:
+**What is wrong upstream.** Greedy ``generate`` on a peft prompt-learning model should produce
+what greedy decoding with peft's own *training* forward produces (the virtual tokens or the
+prefix inserted once, in front of the whole unpadded sequence, no cache), for one row alone
+and for each row of a left-padded batch, with and without the KV cache. Measured with the
+check below on a tiny Llama:
 
-- prompt tuning and P-tuning: the soft prompt is re-inserted in front of *every* new token
-  (``inputs_embeds = [prompt, last token]`` while the cache already holds the prompt), so with
-  ``use_cache=True`` (generate's default) the output is garbage after the first token;
-- prefix tuning: peft puts the prefix cache under ``past_key_values``; the model's deprecation
-  shim drops it because ``cache`` (generate's own, empty cache) is set too, so cached generation
-  equals the *base model's*. Uncached, the first step is right, but the model returns the cache
-  it was given (prefix + prompt), generate carries it on as ``cache``, and every later step
-  attends to that stale cache again while peft's fresh prefix is dropped.
+- peft 0.21.2 + transformers 5.24.0: transformers 5 renamed the cache argument of
+  ``prepare_inputs_for_generation`` to ``cache``; peft still reads ``past_key_values``, so with
+  the cache on it re-inserts the soft prompt in front of every new token (prompt tuning,
+  P-tuning) or loses the prefix (prefix tuning, which is wrong uncached too);
+- peft 0.22.0 + transformers 5.25.0: peft reads the cache under its new name, and one row alone
+  is right for prompt tuning and P-tuning, but peft still drops generate's position ids
+  ("prompt learning methods ignore them"), so in a left-padded batch the padding sits between
+  the virtual tokens and the text and a padded row decodes differently from the same row
+  alone; prefix tuning with ``use_cache=False`` raises a shape error (the model hands back the
+  cache it was given and peft feeds it in again).
 
-A lesser, older difference: for prompt tuning and P-tuning peft drops generate's position ids
-("Position ids are not supported ..."), so in a left-padded batch the padding sits between the
-virtual tokens and the text and shifts their relative positions: a padded row then decodes
-differently from the same row alone, cached or not.
+**The check** (:func:`check`) runs that comparison itself: for every registered prompt method,
+a tiny Llama built from a config (seeded, no download, about a second for all methods), a
+single row and a left-padded batch of two, cached and uncached, once with peft's own
+``generate`` and once with the fix below. It is never decided by reading peft's code or
+version numbers, so a fixed peft is recognised as fixed and a changed peft is not patched
+blindly. The result is remembered per process for the installed peft and transformers and
+peft's current ``prepare_inputs_for_generation``.
 
-The training forward (``model(input_ids=...)``) is right for all three; only ``generate`` is
-wrong. Minimal reproduction (peft 0.21.2, transformers 5.24.0, torch 2.13, CPU): greedy
-``generate`` should match greedy decoding with peft's own forward, so every line should end
-in ``True``::
-
-    import torch
-    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
-    )
-    ids = torch.tensor([[1, 5, 9, 13, 17]])
-    for peft_config in (
-        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
-        PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16),
-        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
-    ):
-        torch.manual_seed(0)
-        model = get_peft_model(LlamaForCausalLM(config), peft_config).eval()
-        with torch.no_grad():
-            seq = ids  # reference: peft's own forward over the whole sequence, no cache
-            for _ in range(8):
-                seq = torch.cat([seq, model(input_ids=seq).logits[:, -1:].argmax(-1)], dim=1)
-            for use_cache in (True, False):
-                out = model.generate(
-                    input_ids=ids, max_new_tokens=8, do_sample=False, use_cache=use_cache
-                )
-                same = torch.equal(out[:, 5:], seq[:, 5:])
-                print(f"{peft_config.peft_type.value:14} use_cache={use_cache!s:5} {same}")
-
-    # peft 0.21.2 + transformers 5.24.0 prints:
-    # PROMPT_TUNING  use_cache=True  False
-    # PROMPT_TUNING  use_cache=False True
-    # P_TUNING       use_cache=True  False
-    # P_TUNING       use_cache=False True
-    # PREFIX_TUNING  use_cache=True  False
-    # PREFIX_TUNING  use_cache=False False
-
-**The fix here.** :func:`install` (called by ``import hf_tsprompt``, so also by
-``hf_tsprompt.hub.load_adapter`` and everything else in the package) replaces
-``PeftModelForCausalLM.prepare_inputs_for_generation`` for prompt tuning, P-tuning and prefix
-tuning only (every other adapter type goes to peft's own method). It reads the cache under the
-name the installed transformers uses, inserts the virtual tokens (or the prefix cache) exactly
-once, at the prefill step, as peft's training forward does, and on every step when
-``use_cache=False``; positions count only attended tokens plus the virtual ones, so a
-left-padded row decodes as it would alone. peft itself is not imported until the user imports
-it (an import hook waits for ``peft.peft_model``), so ``import hf_tsprompt`` stays fast.
-
-It is version-guarded by feature detection, and stands aside when peft is fixed: it is applied
-only if the installed transformers passes the cache as ``cache`` and a probe shows that
-peft's own ``prepare_inputs_for_generation``, fed the inputs transformers actually gives it,
-re-inserts the prompt at a decode step or fails to put the prefix where the model reads the
-cache. If peft reads the cache correctly, or its code changed so that the probe cannot run, peft
-is left untouched (:func:`status` says why). Verified against peft 0.21.2 and transformers
-5.24.0. Set ``HF_TSPROMPT_NO_GENERATE_FIX=1`` to keep peft's behaviour (e.g. to reproduce the
-bug); :func:`remove` undoes the patch in a running process.
+**The fix** (:func:`fix_generate`) is applied to one model at a time, by one call, and only
+where the check found peft wrong and the fix right for that model's prompt method: it binds
+a ``prepare_inputs_for_generation`` on that model instance (peft's ``generate`` calls it
+through the instance), which inserts the virtual tokens (or the prefix cache) exactly once, at
+the prefill step, as the training forward does (on every step when ``use_cache=False``), and
+counts positions over attended tokens plus the virtual ones, so a left-padded row decodes as
+it would alone. Nothing is changed process-wide: importing this package leaves peft as it
+is. The library's own evaluation does not need it (it decodes with
+:func:`hf_tsprompt.evaluation.greedy_prompt_learning`); :func:`hf_tsprompt.hub.load_adapter`
+applies it to the model it returns; users who load an adapter with plain peft call
+``fix_generate(model)`` once before ``generate`` (the model card's snippet does so where the
+check says it is needed).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.abc
 import logging
-import os
-import sys
-from collections.abc import Callable
-from types import ModuleType, SimpleNamespace
+import types
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from .prompts import method_of, peft_type_name, prompt_methods
+from .prompts import PromptMethod, method_of, prompt_methods
 
-__all__ = ["DISABLE_ENV_VAR", "FIXED_PEFT_TYPES", "apply", "install", "remove", "status"]
+__all__ = ["SETTINGS", "MethodCheck", "check", "fix_generate", "needs_fix", "unfix_generate"]
 
 logger = logging.getLogger(__name__)
 
-DISABLE_ENV_VAR = "HF_TSPROMPT_NO_GENERATE_FIX"
-# The peft types of the built-in prompt methods (a snapshot at import): the ones whose
-# generation path `_prepare` replaces. A method registered later with another peft type keeps
-# peft's own path.
-FIXED_PEFT_TYPES = tuple(dict.fromkeys(m.peft_type for m in prompt_methods()))
-VERIFIED_WITH = {"peft": "0.21.2", "transformers": "5.24.0"}
-_PEFT_MODULE = "peft.peft_model"
-_ORIGINAL = "__hf_tsprompt_original__"  # attribute of the patched function: peft's own
+#: The settings the check compares, each as ``(name, left-padded batch?, use_cache)``.
+SETTINGS: tuple[tuple[str, bool, bool], ...] = (
+    ("single row, cached", False, True),
+    ("single row, uncached", False, False),
+    ("left-padded batch, cached", True, True),
+    ("left-padded batch, uncached", True, False),
+)
+_ORIGINAL = "__hf_tsprompt_original__"  # attribute of the bound fix: peft's own method
+_NEW_TOKENS = 8
+# Token ids of the check's rows (vocabulary 128; 0 is the padding). Two lengths, so the
+# batch is padded; the weights are redrawn with std 0.3 so greedy text varies from token to
+# token (at the default init a tiny model repeats one token, and a wrong decoder could agree
+# with the right one by accident): the check refuses a reference with fewer than 3 distinct
+# tokens.
+_ROWS = ((5, 17, 33, 9, 71, 12), (88, 3, 41))
 
-_state: dict[str, Any] = {"reason": "not checked yet: peft has not been imported"}
+
+@dataclass(frozen=True)
+class MethodCheck:
+    """What :func:`check` found for one prompt method.
+
+    Attributes:
+        method: the registered prompt method's name (``prompt_tuning``).
+        versions: ``"peft X, transformers Y"`` the check ran with.
+        peft_wrong: the settings (:data:`SETTINGS` names) where peft's own ``generate``
+            differs from the reference or raises, each with what it gave.
+        fix_wrong: the same with the fix bound (empty: the fix is right everywhere).
+        error: why the method could not be checked at all (its config could not be built on
+            the tiny model), else None.
+    """
+
+    method: str
+    versions: str
+    peft_wrong: tuple[str, ...]
+    fix_wrong: tuple[str, ...]
+    error: str | None = None
+
+    @property
+    def needs_fix(self) -> bool:
+        """peft is wrong and the fix is right in every setting."""
+        return self.error is None and bool(self.peft_wrong) and not self.fix_wrong
+
+    def describe(self) -> str:
+        """One line: the verdict and its evidence."""
+        if self.error is not None:
+            return f"{self.method}: not checked ({self.error})"
+        if not self.peft_wrong:
+            return f"{self.method}: peft's generate is right ({self.versions}); no fix needed"
+        wrong = "; ".join(self.peft_wrong)
+        if self.fix_wrong:
+            return (
+                f"{self.method}: peft's generate is wrong ({wrong}) and hf_tsprompt's fix is "
+                f"wrong too ({'; '.join(self.fix_wrong)}) with {self.versions}; not fixed"
+            )
+        return f"{self.method}: peft's generate is wrong ({wrong}) with {self.versions}; fix_generate fixes it"
 
 
+@functools.cache
 def _cache_key() -> str:
     """The keyword under which the installed transformers hands the KV cache to
     ``prepare_inputs_for_generation`` (``cache`` since transformers 5)."""
@@ -121,88 +124,6 @@ def _cache_key() -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-# --- feature detection --------------------------------------------------------------------------
-
-
-class _StandIn:
-    """Just enough of a ``PeftModelForCausalLM`` to run peft's ``prepare_inputs_for_generation``
-    on one step, with the base model's preparation replaced by what transformers returns
-    (the cache under ``cache_key``). Any other method peft calls is peft's own, bound here."""
-
-    def __init__(self, module: ModuleType, peft_type: str, prepared: dict[str, Any]) -> None:
-        import torch
-
-        self._cls = module.PeftModelForCausalLM
-        self._prepared = prepared
-        self.active_peft_config = SimpleNamespace(
-            peft_type=module.PeftType(peft_type), is_prompt_learning=True, num_virtual_tokens=2
-        )
-        self.base_model = SimpleNamespace(config=SimpleNamespace(model_type="llama"))
-        self.word_embeddings = lambda ids: torch.zeros(*ids.shape, 4)
-
-    def base_model_prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict:
-        return dict(self._prepared)
-
-    def get_prompt(self, batch_size: int, task_ids: Any = None, max_cache_len: Any = None) -> Any:
-        import torch
-        from transformers import DynamicCache
-
-        if method_of(self.active_peft_config).kv_cache:
-            cache = DynamicCache()
-            cache.update(torch.zeros(batch_size, 1, 2, 4), torch.zeros(batch_size, 1, 2, 4), 0)
-            return cache
-        return torch.zeros(batch_size, 2, 4)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cls, name).__get__(self)
-
-
-def _probe(module: ModuleType, function: Callable, cache_key: str) -> list[str]:
-    """What peft's ``function`` gets wrong, as sentences (empty: nothing, peft is fixed)."""
-    import warnings
-
-    import torch
-    from transformers import DynamicCache
-
-    wrong = []
-    ids = torch.tensor([[3, 4, 5, 6]])
-    mask = torch.ones_like(ids)
-    seen = DynamicCache()  # a decode step: the cache holds 2 virtual + 3 prompt tokens
-    seen.update(torch.zeros(1, 1, 5, 4), torch.zeros(1, 1, 5, 4), 0)
-    decode = {"input_ids": ids[:, -1:], cache_key: seen, "attention_mask": mask, "use_cache": True}
-    prefill = {"input_ids": ids, cache_key: DynamicCache(), "attention_mask": mask}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = function(_StandIn(module, "PROMPT_TUNING", decode), ids, **decode)
-        if out.get("inputs_embeds") is not None:
-            wrong.append("prompt tuning re-inserts the soft prompt at a cached decode step")
-        out = function(_StandIn(module, "PREFIX_TUNING", prefill), ids, **prefill)
-        cache = out.get(cache_key)
-        if cache is None or cache.get_seq_length() != 2:
-            wrong.append(f"prefix tuning does not put the prefix under {cache_key!r}")
-    return wrong
-
-
-def _bug_present(module: ModuleType, function: Callable) -> tuple[bool, str]:
-    import peft
-    import transformers
-
-    versions = f"peft {peft.__version__}, transformers {transformers.__version__}"
-    try:
-        cache_key = _cache_key()
-    except Exception as err:  # any failure: cannot tell, leave peft alone
-        return False, f"{versions}: cannot read transformers' generation API ({err!r}); not patched"
-    if cache_key != "cache":
-        return False, f"{versions}: transformers passes past_key_values, which peft reads"
-    try:
-        wrong = _probe(module, function, cache_key)
-    except Exception as err:  # peft's internals changed: it is not the known bug
-        return False, f"{versions}: peft's generation code changed ({err!r}); not patched"
-    if not wrong:
-        return False, f"{versions}: peft reads the cache as {cache_key!r}; not patched"
-    return True, f"{versions}: patched ({'; '.join(wrong)})"
-
-
 # --- the fixed method ---------------------------------------------------------------------------
 
 
@@ -211,7 +132,7 @@ def _prepare(self: Any, config: Any, args: tuple, kwargs: dict, task_ids: Any) -
     import torch
     from transformers import DynamicCache
 
-    key = _state["cache_key"]
+    key = _cache_key()
     inputs = self.base_model_prepare_inputs_for_generation(*args, **kwargs)
     n = config.num_virtual_tokens
     prefix = method_of(config).kv_cache
@@ -267,108 +188,235 @@ def _prepare(self: Any, config: Any, args: tuple, kwargs: dict, task_ids: Any) -
     return inputs
 
 
-def _fixed(original: Callable) -> Callable:
-    @functools.wraps(original)
+def _fixed(model: Any, applies: Callable[[PromptMethod], bool]) -> Callable[..., dict[str, Any]]:
+    """The ``prepare_inputs_for_generation`` bound to ``model``: the fix when the active
+    adapter's method ``applies``, peft's own method otherwise (decided at every call, since the
+    active adapter can change)."""
+    original = model.prepare_inputs_for_generation
+
     def prepare_inputs_for_generation(self, *args, task_ids=None, **kwargs):
         config = self.active_peft_config
-        if peft_type_name(config) not in FIXED_PEFT_TYPES:
-            return original(self, *args, task_ids=task_ids, **kwargs)
+        method = method_of(config, missing_ok=True) if config.is_prompt_learning else None
+        if method is None or not applies(method):
+            return original(*args, task_ids=task_ids, **kwargs)
         return _prepare(self, config, args, kwargs, task_ids)
 
     setattr(prepare_inputs_for_generation, _ORIGINAL, original)
     return prepare_inputs_for_generation
 
 
-# --- applying it --------------------------------------------------------------------------------
+def _is_fixed(model: Any) -> bool:
+    bound = model.__dict__.get("prepare_inputs_for_generation")
+    return hasattr(getattr(bound, "__func__", None), _ORIGINAL)
 
 
-def apply(module: ModuleType | None = None) -> bool:
-    """Patch ``PeftModelForCausalLM`` now if the bug is present; whether the fix is active.
-
-    Idempotent. Imports peft (``module`` is ``peft.peft_model`` when the import hook calls)."""
-    if module is None:
-        import peft.peft_model as module
-    cls = module.PeftModelForCausalLM
-    current = cls.__dict__["prepare_inputs_for_generation"]
-    if hasattr(current, _ORIGINAL):
-        return True
-    needed, reason = _bug_present(module, current)
-    _state["reason"] = reason
-    logger.debug("peft generate fix: %s", reason)
-    if needed:
-        _state["cache_key"] = _cache_key()
-        cls.prepare_inputs_for_generation = _fixed(current)
-    return needed
+def _bind_fix(model: Any, applies: Callable[[PromptMethod], bool]) -> None:
+    if not _is_fixed(model):
+        model.prepare_inputs_for_generation = types.MethodType(_fixed(model, applies), model)
 
 
-def remove() -> None:
-    """Restore peft's own ``prepare_inputs_for_generation`` (no-op when not patched)."""
-    module = sys.modules.get(_PEFT_MODULE)
-    if module is None:
-        return
-    cls = module.PeftModelForCausalLM
-    current = cls.__dict__["prepare_inputs_for_generation"]
-    if hasattr(current, _ORIGINAL):
-        cls.prepare_inputs_for_generation = getattr(current, _ORIGINAL)
-        _state["reason"] = "removed by hf_tsprompt.generation.remove()"
+def _needs_fix(method: PromptMethod) -> bool:
+    return _check_method(method).needs_fix
 
 
-def status() -> tuple[bool, str]:
-    """(fix active, why): the versions seen and what the probe found."""
-    module = sys.modules.get(_PEFT_MODULE)
-    cls = getattr(module, "PeftModelForCausalLM", None)
-    active = cls is not None and hasattr(cls.__dict__["prepare_inputs_for_generation"], _ORIGINAL)
-    return active, _state["reason"]
+# --- the check -------------------------------------------------------------------------------
 
 
-class _Loader(importlib.abc.Loader):
-    """Runs the real loader of ``peft.peft_model``, then :func:`apply`; hands the module back
-    its real loader, so nothing later sees this one."""
+def _peft_versions() -> str:
+    import peft
+    import transformers
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
+    return f"peft {peft.__version__}, transformers {transformers.__version__}"
 
-    def create_module(self, spec: Any) -> ModuleType | None:
-        return self._inner.create_module(spec)
 
-    def exec_module(self, module: ModuleType) -> None:
-        module.__loader__ = self._inner
-        if module.__spec__ is not None:
-            module.__spec__.loader = self._inner
-        self._inner.exec_module(module)
+def _tiny_model() -> Any:
+    """A 2-layer Llama from a config, weights redrawn with std 0.3 (see ``_ROWS``)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def _reference(model: Any, row: tuple[int, ...]) -> list[int]:
+    """Greedy decoding with peft's training forward over the whole unpadded row, no cache."""
+    import torch
+
+    seq = torch.tensor([row])
+    for _ in range(_NEW_TOKENS):
+        step = model(input_ids=seq).logits[0, -1].argmax()
+        seq = torch.cat([seq, step.view(1, 1)], dim=1)
+    return seq[0, len(row) :].tolist()
+
+
+def _generated(model: Any, batch: bool, use_cache: bool) -> list[list[int]]:
+    import torch
+
+    rows = _ROWS if batch else _ROWS[:1]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + list(r) for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=_NEW_TOKENS,
+        min_new_tokens=_NEW_TOKENS,
+        do_sample=False,
+        use_cache=use_cache,
+        pad_token_id=0,
+    )
+    return out[:, width:].tolist()
+
+
+def _wrong_settings(model: Any, truth: list[list[int]]) -> tuple[str, ...]:
+    wrong = []
+    for name, batch, use_cache in SETTINGS:
+        expected = truth if batch else truth[:1]
         try:
-            apply(module)
-        except Exception as err:  # never break `import peft` over this fix
-            _state["reason"] = f"not patched: {err!r}"
-            logger.warning("hf_tsprompt could not patch peft's generate: %r", err)
+            got = _generated(model, batch, use_cache)
+        except Exception as err:  # peft's generate raising is one of the wrong behaviours
+            wrong.append(f"{name}: raises {type(err).__name__}: {str(err)[:120]}")
+            continue
+        if got != expected:
+            rows = [
+                str(i + 1) for i, (g, e) in enumerate(zip(got, expected, strict=True)) if g != e
+            ]
+            wrong.append(f"{name}: row {', '.join(rows)} differs from the reference")
+    return tuple(wrong)
 
 
-class _PeftImportHook(importlib.abc.MetaPathFinder):
-    """Waits for ``peft.peft_model`` to be imported, then removes itself."""
+def _run_check(method: PromptMethod) -> MethodCheck:
+    import torch
+    from peft import get_peft_model
 
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != _PEFT_MODULE:
-            return None
-        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
-        spec = None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find is not None else None
-            if spec is not None:
-                break
-        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _Loader(spec.loader)
-        return spec
+    versions = _peft_versions()
+    # Its own seeded RNG (the caller's stays as it was) and no warnings: peft and transformers
+    # warn about the very settings being compared.
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        base = _tiny_model()
+        try:
+            config = method.build_config(
+                {"task_type": "CAUSAL_LM", "num_virtual_tokens": 4},
+                init="random",
+                init_text=None,
+                tokenizer_name_or_path=None,
+                encoder_hidden_size=16,
+            )
+            model = get_peft_model(base, config).eval()
+        except Exception as err:  # a user's method whose config needs more than this
+            return MethodCheck(method.name, versions, (), (), error=repr(err))
+        truth = [_reference(model, row) for row in _ROWS]
+        for row in truth:
+            if len(set(row)) < 3:  # pragma: no cover - guards the check's own design
+                raise RuntimeError(f"degenerate reference {row}: the check could not fail")
+        peft_wrong = _wrong_settings(model, truth)
+        _bind_fix(model, lambda _: True)  # the fix itself, whatever peft does
+        fix_wrong = _wrong_settings(model, truth)
+    return MethodCheck(method.name, versions, peft_wrong, fix_wrong)
 
 
-def install() -> None:
-    """Fix ``PeftModel.generate`` for prompt-learning adapters where needed: now if peft is
-    already imported, otherwise when it is. Idempotent; honours ``HF_TSPROMPT_NO_GENERATE_FIX``."""
-    if os.environ.get(DISABLE_ENV_VAR, "").strip().lower() not in ("", "0", "false", "no"):
-        _state["reason"] = f"not patched: {DISABLE_ENV_VAR} is set"
-        return
-    module = sys.modules.get(_PEFT_MODULE)
-    if module is not None and hasattr(module, "PeftModelForCausalLM"):
-        apply(module)
-    elif module is None and not any(isinstance(f, _PeftImportHook) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PeftImportHook())
+@functools.cache
+def _cached_check(method: PromptMethod, versions: str, peft_method: Any) -> MethodCheck:
+    return _run_check(method)
+
+
+def _check_method(method: PromptMethod) -> MethodCheck:
+    """The remembered check of ``method`` for the installed versions and peft's current
+    ``prepare_inputs_for_generation`` (a patched or reloaded peft is checked again)."""
+    from peft.peft_model import PeftModelForCausalLM
+
+    peft_method = PeftModelForCausalLM.__dict__.get("prepare_inputs_for_generation")
+    result = _cached_check(method, _peft_versions(), peft_method)
+    logger.debug("peft generate check: %s", result.describe())
+    return result
+
+
+def check(method: str | None = None) -> dict[str, MethodCheck]:
+    """Compare peft's ``generate`` with its training forward for ``method`` (a registered
+    prompt method name) or every registered method: ``{name: MethodCheck}``.
+
+    Raises:
+        ConfigError: ``method`` is not a registered prompt method.
+    """
+    from .prompts import get_prompt_method
+
+    methods = prompt_methods() if method is None else (get_prompt_method(method),)
+    return {m.name: _check_method(m) for m in methods}
+
+
+def needs_fix(adapter: Any) -> bool:
+    """Whether ``generate`` needs :func:`fix_generate` for ``adapter``: a registered prompt
+    method's name, a peft config or an ``adapter_config.json`` dict (False for adapters that
+    are not of a registered prompt method, e.g. LoRA)."""
+    if isinstance(adapter, str):
+        from .prompts import get_prompt_method
+
+        method: PromptMethod | None = get_prompt_method(adapter)
+    elif isinstance(adapter, Mapping) or hasattr(adapter, "peft_type"):
+        method = method_of(adapter, missing_ok=True)
+    else:
+        raise TypeError(
+            "needs_fix expects a prompt method name, a peft config or an adapter_config.json "
+            f"dict, got {type(adapter).__name__}"
+        )
+    return method is not None and _check_method(method).needs_fix
+
+
+def fix_generate(model: Any) -> bool:
+    """Make ``model.generate`` right for its prompt-learning adapter, where peft's is not.
+
+    ``model`` is a peft ``PeftModelForCausalLM`` (as ``PeftModel.from_pretrained`` or
+    ``get_peft_model`` return it). The first call in a process runs :func:`check` (about a
+    second); the fix is bound to this model only, and only if the check found peft's
+    ``generate`` wrong and the fix right for the active adapter's method. Returns whether the
+    fix is now in effect for the active adapter. Calling it again is harmless.
+
+    Raises:
+        TypeError: ``model`` is not a peft causal-LM model.
+    """
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not callable(getattr(model, "prepare_inputs_for_generation", None)):
+        raise TypeError(
+            "fix_generate expects a peft PeftModelForCausalLM (from PeftModel.from_pretrained "
+            f"or get_peft_model), got {type(model).__name__}"
+        )
+    method = method_of(config, missing_ok=True) if config.is_prompt_learning else None
+    if method is None:
+        return False
+    result = _check_method(method)
+    if result.peft_wrong and not result.needs_fix:
+        warnings.warn(
+            f"{result.describe()}. Decode with hf_tsprompt.evaluation.greedy_prompt_learning "
+            "instead, and please report this at the hf-tsprompt issue tracker.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if result.needs_fix:
+        _bind_fix(model, _needs_fix)
+    return result.needs_fix
+
+
+def unfix_generate(model: Any) -> None:
+    """Undo :func:`fix_generate` on ``model`` (no-op when it was not applied)."""
+    if _is_fixed(model):
+        del model.__dict__["prepare_inputs_for_generation"]

@@ -25,8 +25,7 @@ recipe's ``peft.method`` name; every other module reads method facts from that t
 Wrappers (DDP, DeepSpeed, ``accelerate``) are unwrapped through their ``.module``.
 
 torch and peft are imported inside the functions that use them: the table is read by the
-recipe checker, the model-card writer and ``import hf_tsprompt``'s generate fix, which must
-stay fast.
+recipe checker and the model-card writer, which must stay fast.
 """
 
 from __future__ import annotations
