@@ -109,7 +109,10 @@ class MethodCheck:
                 f"{self.method}: peft's generate is wrong ({wrong}) and hf_tsprompt's fix is "
                 f"wrong too ({'; '.join(self.fix_wrong)}) with {self.versions}; not fixed"
             )
-        return f"{self.method}: peft's generate is wrong ({wrong}) with {self.versions}; fix_generate fixes it"
+        return (
+            f"{self.method}: peft's generate is wrong ({wrong}) with {self.versions}; "
+            "fix_generate fixes it"
+        )
 
 
 @functools.cache
