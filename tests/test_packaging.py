@@ -14,10 +14,15 @@ no card and could not push). Here:
   wheel's console script trains a tiny run (card included), pushes it to the local Hub
   (tests/hub_server.py), and plain peft loads it back from there.
 
-The virtual environment sees the test environment's packages (``--system-site-packages``) and
-pip installs the wheel with ``--no-index``: the declared dependencies must already be
-satisfied, nothing is downloaded, and the step takes seconds rather than the minutes a full
-dependency install takes on a 2-core machine. Packages that the library needs but does not
+The virtual environment sees the test environment's packages and pip installs the wheel with
+``--no-index``: the declared dependencies must already be satisfied, nothing is downloaded, and
+the step takes seconds rather than the minutes a full dependency install takes on a 2-core
+machine. It sees them through a ``.pth`` file naming the test interpreter's own site-packages
+folders, not through ``venv --system-site-packages``: run from inside a virtual environment (as
+.ci/run and most users do), that option gives the *base* interpreter's site-packages, which
+need not hold transformers at all. A folder named in a ``.pth`` line is put on ``sys.path``
+without its own ``.pth`` files being run, so the test environment's editable install of this
+checkout stays out of the new environment. Packages that the library needs but does not
 declare are caught by the dependency test instead. Measured on 2 cores shared with other jobs
 (load average 13): 4 minutes for the module; wheel build 12 s, venv 1 s, pip install 32 s,
 train 89 s, push 15 s, load back 36 s (each step prints its time; run with -s to see them).
@@ -208,6 +213,30 @@ print(json.dumps({"equal": torch.equal(weight, expected), "shape": list(weight.s
 """
 
 
+def _site_packages() -> list[str]:
+    """The site-packages folders of the interpreter running the tests, venv or not."""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+
+
+def _see_test_environment(venv: Path) -> None:
+    """Make the new venv import the test environment's packages (after its own)."""
+    (purelib,) = venv.glob("lib/python*/site-packages")
+    (purelib / "test-environment.pth").write_text("\n".join(_site_packages()) + "\n")
+
+
+def test_the_wheel_venv_sees_this_environment_not_the_base_interpreter():
+    """``_see_test_environment`` names the running interpreter's site-packages, where
+    transformers is installed, in a venv or not (``--system-site-packages`` would name the
+    base interpreter's, which from inside a venv need not hold it)."""
+    import transformers
+
+    sites = _site_packages()
+    assert sites and all(Path(p).is_dir() for p in sites)
+    assert any(Path(transformers.__file__).is_relative_to(p) for p in sites)
+    if sys.prefix != sys.base_prefix:  # in a venv: its own site-packages come first
+        assert Path(sites[0]).is_relative_to(sys.prefix)
+
+
 def _recipe(root: Path) -> Path:
     model_dir = save_tiny_hub_model(root / "tiny-model")
     data_dir = write_tiny_gsm8k(root / "gsm8k")
@@ -235,7 +264,8 @@ def test_installed_wheel_trains_writes_a_card_pushes_and_loads_back(wheel, hub, 
         assert done.returncode == 0, f"{cmd}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
         return done.stdout
 
-    run(sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", venv, timeout=120)
+    run(sys.executable, "-m", "venv", "--without-pip", venv, timeout=120)
+    _see_test_environment(venv)
     run(
         sys.executable, "-m", "pip", "--python", bindir / "python", "install", "--no-index",
         "--no-cache-dir", wheel, timeout=300,
@@ -264,3 +294,58 @@ def test_installed_wheel_trains_writes_a_card_pushes_and_loads_back(wheel, hub, 
         run(bindir / "python", "-I", "-c", _LOAD, work / "tiny-model", REPO, saved, timeout=300)
     )
     assert loaded == {"equal": True, "shape": [6, 32], "sys_modules_hf_tsprompt": False}
+
+
+# --- what the README's commands install ----------------------------------------------------
+
+
+def _pins(name: str) -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / name).read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{name}: {line!r} is not an exact pin"
+            pins[_dist_name(req.name)] = spec.version
+    return pins
+
+
+def _readme_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", quickstart, flags=re.S)
+
+
+def test_the_readme_commands_install_what_ci_tested():
+    """Exactly two commands, each installing with constraints.txt; .ci/run runs the second
+    verbatim (its pinned pass), and its other passes use the newest releases and the lower
+    bounds."""
+    install, tests = _readme_commands()
+    for command in (install, tests):
+        for pip in re.findall(r"python -m pip install [^&]+", command):
+            assert "-c constraints.txt" in pip, pip
+    assert install.endswith("hf-tsprompt train recipes/smollm2-bbh-boolean.yaml")
+    assert tests.endswith("python -m pytest")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert f"\n        {tests}\n" in ci
+    assert "-c constraints-lowest.txt" in ci and "--upgrade-strategy eager" in ci
+    assert "--system-site-packages" not in ci  # fresh venvs: nothing from the machine's site
+
+
+def test_constraints_pin_every_dependency_and_the_lower_bounds_are_the_tested_ones():
+    pinned, lowest = _pins("constraints.txt"), _pins("constraints-lowest.txt")
+    assert pinned.keys() == lowest.keys()
+    test_extra = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["test"]]
+    for req in [*_declared().values(), *test_extra]:
+        name = _dist_name(req.name)
+        assert name in pinned, f"constraints.txt does not pin {name}"
+        assert req.specifier.contains(pinned[name]), f"{name}=={pinned[name]} outside {req}"
+        assert req.specifier.contains(lowest[name]), f"{name}=={lowest[name]} outside {req}"
+    for name, req in _declared().items():
+        (bound,) = req.specifier
+        assert bound.operator == ">=", f"{req}: a range with a tested lower bound"
+        # torch's bound is its minor release: the CPU build is 2.13.0+cpu
+        assert lowest[name] == bound.version or lowest[name].startswith(f"{bound.version}."), (
+            f"{name}: pyproject's lower bound {bound.version} is not the tested "
+            f"{lowest[name]} of constraints-lowest.txt"
+        )
