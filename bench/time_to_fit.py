@@ -265,11 +265,8 @@ def _paired_accuracy(
             diffs.append(a - b)
     if not diffs:
         return None, None, None
-    d = np.asarray(diffs)
-    rng = np.random.default_rng(stats.BOOT_SEED)
-    means = d[rng.integers(0, d.size, size=(stats.N_BOOT, d.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return float(d.mean()), float(lo), float(hi)
+    lo, hi = stats.bootstrap_mean_ci(diffs)
+    return float(np.mean(diffs)), lo, hi
 
 
 def verdict(c: dict[str, Any]) -> str:
