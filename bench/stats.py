@@ -191,13 +191,19 @@ def bootstrap_mean_ci(
     return (float(lo), float(hi))
 
 
+def interval_note() -> str:
+    """The bootstrap interval as computed, in one sentence (pages without a test print this)."""
+    return (
+        f"Interval: {100 * CI_LEVEL:g}% percentile bootstrap of the {BOOT_STATISTIC} ratio, "
+        f"{N_BOOT:,} resamples of the pairs, RNG seed {BOOT_SEED} (`bench/stats.py`)."
+    )
+
+
 def method_note() -> str:
-    """One sentence naming the test and the interval as computed, for every page."""
+    """The test and the interval as computed, in one sentence, for every page that tests."""
     return (
         f"p: two-sided Wilcoxon signed-rank test of the log ratios, exact (all 2^n sign "
-        f"assignments, midranks for ties, zeros dropped: `{ZERO_METHOD}`); interval: "
-        f"{100 * CI_LEVEL:g}% percentile bootstrap of the {BOOT_STATISTIC} ratio, "
-        f"{N_BOOT:,} resamples of the pairs, RNG seed {BOOT_SEED} (`bench/stats.py`)."
+        f"assignments, midranks for ties, zeros dropped: `{ZERO_METHOD}`). " + interval_note()
     )
 
 
