@@ -60,8 +60,10 @@ Output: ``<out>/accuracy.json`` and ``accuracy.md``. JSON fields:
   written at (runs carried forward from other commits, dirty trees, failed runs);
 - ``runs_file``: the JSONL with every run (``key``, ``task``, ``method``, ``seed``,
   ``run_dir``, ``accuracy``, ``correct``, ``total``, ``snapshots``, ``seconds``, ``commit``,
-  ``dirty``; a run that raised: ``status: "failed"`` and ``error`` instead of the results, see
-  ``common.failed_record``; a rerun retries it).
+  ``dirty``, and from a dirty tree ``dirty_paths`` and ``diff_sha256``; ``common.record_run``
+  writes a ``status: "started"`` record before each run, and a run that raised (any exception)
+  gets ``status: "failed"`` and ``error`` instead of the results, see ``common.failed_record``;
+  one with no end record, killed or timed out, is read back as failed; a rerun retries it).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -631,8 +634,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out = common.output_dir(args.out, args.quick)
 
-    from hf_tsprompt.fsutil import append_line
-
     common.single_thread()
     meta = common.run_metadata()
     model_name = "smollm2-135m-instruct"
@@ -695,16 +696,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(todo)} run(s) to do, {len(done)} already in {runs_file}", flush=True)
     with common.LoadMonitor() as load:
         for i, (task, method, seed) in enumerate(todo):
-            try:
-                rec = run_one(task, method, seed, sources=sources, model_name=model_name, args=args)
-            except (ValueError, RuntimeError) as err:  # one bad run must not stop the grid
-                print(f"[{i + 1}/{len(todo)}] {task}|{method}|{seed} failed: {err}", flush=True)
-                fields = {"task": task, "method": method, "seed": seed}
-                rec = common.failed_record(f"{task}|{method}|{seed}", fields, err, meta)
-                append_line(runs_file, json.dumps(rec))
+            # common.record_run: a started record first, then the result or the failure (of
+            # any kind); one bad run does not stop the grid.
+            rec = common.record_run(
+                runs_file,
+                f"{task}|{method}|{seed}",
+                {"task": task, "method": method, "seed": seed},
+                meta,
+                partial(
+                    run_one, task, method, seed, sources=sources, model_name=model_name, args=args
+                ),
+            )
+            if rec is None:
+                print(f"[{i + 1}/{len(todo)}] {task}|{method}|{seed} failed", flush=True)
                 continue
-            rec.update(common.provenance(meta))
-            append_line(runs_file, json.dumps(rec))
             print(
                 f"[{i + 1}/{len(todo)}] {rec['key']}: accuracy {rec['accuracy']:.3f} "
                 f"({rec['correct']}/{rec['total']}), {rec['seconds']:.0f}s",

@@ -9,10 +9,14 @@ The API, all of it:
 
 - :func:`run_metadata` -> ``{"command", "machine", "versions", "git", "started"}``: what every
   result records about how and where it was produced (fields documented on each function below).
-- :func:`git_state`: the commit the code ran at and whether the tree was dirty;
-  :func:`provenance` stamps it into a raw run record, :func:`failed_record` records a run that
-  raised; :func:`provenance_summary` / :func:`provenance_markdown` tell a page which runs were
-  recorded at another commit (carried forward) and which failed.
+- :func:`git_state`: the commit the code ran at, whether the tree was dirty and, if so, the
+  changed files and a hash of the diff; :func:`provenance` stamps it into a raw run record.
+- :func:`record_run`: the one place a run is recorded: a ``started`` record before it, the
+  result or a :func:`failed_record` (any exception, an interrupt, SIGTERM) after it; a
+  started run with no end record (killed) is read back as failed
+  (:func:`resolve_unfinished`). :func:`provenance_summary` / :func:`provenance_markdown` tell
+  a page which runs were recorded at another commit (carried forward), from which dirty
+  trees, and which failed or never finished.
 - :class:`LoadMonitor`: samples the load average and per-CPU busy time while a benchmark runs,
   so a result says how busy the machine was (``with LoadMonitor() as load: ...``,
   then ``load.summary()``).
@@ -29,16 +33,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,40 +144,51 @@ CODE_PATHS: tuple[str, ...] = ("hf_tsprompt", "bench", "model_cards", "recipes",
 NOT_CODE_PATHS: tuple[str, ...] = ("bench/results",)
 
 
+#: How many changed paths a record names (a tree with more is named by its diff hash).
+MAX_DIRTY_PATHS = 200
+
+
 def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
-    """``{"commit", "dirty", "dirty_paths"}`` of the checkout at ``root``.
+    """``{"commit", "dirty", "dirty_paths", "diff_sha256"}`` of the checkout at ``root``.
 
     ``commit`` is ``HEAD``'s full hash (None outside a git checkout or without git).
     ``dirty`` is True when any path under :data:`CODE_PATHS` (library, benchmarks, card
     template, recipes, packaging) differs from that commit, untracked files included (a new
     module there can be imported); edits elsewhere (tests, docs) and the result files under
     ``bench/results/`` (written by the runs themselves) do not count, so a clean run is
-    reproducible from ``commit`` alone. ``dirty_paths``: the first 20 such paths, as
-    ``git status --porcelain`` prints them (None when not dirty or unknown).
+    reproducible from ``commit`` alone. ``dirty_paths``: the changed paths (up to
+    :data:`MAX_DIRTY_PATHS`), as ``git status --porcelain`` names them; ``diff_sha256``: the
+    SHA-256 of ``git diff --binary HEAD`` over those code paths followed by each untracked
+    file's path and bytes, so two dirty runs with the same hash ran the same code. Both are
+    None when the tree is clean or git is unavailable.
     """
     spec = [*CODE_PATHS, *(f":(exclude){x}" for x in NOT_CODE_PATHS)]
+    none = {"commit": None, "dirty": None, "dirty_paths": None, "diff_sha256": None}
+
+    def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, timeout=30, check=True
+        )
+
     try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=all", "--", *spec],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
+        head = git("rev-parse", "HEAD").stdout.decode().strip()
+        status = git("status", "--porcelain", "--untracked-files=all", "--", *spec)
+        lines = [ln for ln in status.stdout.decode().splitlines() if ln.strip()]
+        if not lines:
+            return {"commit": head, "dirty": False, "dirty_paths": None, "diff_sha256": None}
+        digest = hashlib.sha256(git("diff", "--binary", "HEAD", "--", *spec).stdout)
+        for line in lines:
+            if line.startswith("??"):
+                digest.update(b"\0untracked\0" + line[3:].encode() + b"\0")
+                with contextlib.suppress(OSError):
+                    digest.update((root / line[3:]).read_bytes())
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None, "dirty_paths": None}
-    paths = [line[3:] for line in status.stdout.splitlines() if line.strip()]
+        return none
     return {
-        "commit": head.stdout.strip(),
-        "dirty": bool(paths),
-        "dirty_paths": paths[:20] or None,
+        "commit": head,
+        "dirty": True,
+        "dirty_paths": [line[3:] for line in lines][:MAX_DIRTY_PATHS],
+        "diff_sha256": digest.hexdigest(),
     }
 
 
@@ -238,8 +256,16 @@ def run_metadata() -> dict[str, Any]:
 
 #: ``status`` of a raw run record: ``ok`` (finished; records written before statuses were
 #: recorded count as ``ok``), ``diverged`` (the loss became NaN/inf: the run never fits and
-#: counts as censored), ``failed`` (it raised: no result, listed and counted, never dropped).
-RUN_STATUSES: tuple[str, ...] = ("ok", "diverged", "failed")
+#: counts as censored), ``failed`` (it raised, of any exception type, or was interrupted: no
+#: result, listed and counted, never dropped), ``started`` (written by :func:`record_run`
+#: before the run; the run's end record replaces it, and :func:`resolve_unfinished` turns one
+#: with no end record, a run killed or timed out, into a counted ``failed`` one).
+RUN_STATUSES: tuple[str, ...] = ("ok", "diverged", "failed", "started")
+#: The error of a run that was started and has no end record.
+UNFINISHED_ERROR = (
+    "unfinished: started, no end record (killed, timed out, or still running when this page "
+    "was built)"
+)
 
 
 def page_provenance(runs: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
@@ -250,9 +276,13 @@ def page_provenance(runs: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dic
 
 
 def provenance(meta: dict[str, Any]) -> dict[str, Any]:
-    """``{"commit", "dirty"}`` of a :func:`run_metadata` dict, for one raw run record."""
+    """``{"commit", "dirty"}`` of a :func:`run_metadata` dict, for one raw run record, plus
+    ``dirty_paths`` and ``diff_sha256`` (:func:`git_state`) when the tree was dirty."""
     git = meta.get("git") or {}
-    return {"commit": git.get("commit"), "dirty": git.get("dirty")}
+    out = {"commit": git.get("commit"), "dirty": git.get("dirty")}
+    if git.get("dirty"):
+        out |= {"dirty_paths": git.get("dirty_paths"), "diff_sha256": git.get("diff_sha256")}
+    return out
 
 
 def run_status(rec: dict[str, Any]) -> str:
@@ -263,20 +293,55 @@ def run_status(rec: dict[str, Any]) -> str:
     return status
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def failed_record(
     key: str, fields: dict[str, Any], err: BaseException, meta: dict[str, Any]
 ) -> dict[str, Any]:
-    """The raw record of a run that raised ``err``: ``key``, the identifying ``fields``
-    (task, method, seed, ...), ``status: "failed"``, ``error`` (type and message) and the
-    provenance. A rerun retries it (see :func:`done_keys`); the page counts and lists it."""
+    """The raw record of a run that raised ``err`` (any exception type, an interrupt
+    included): ``key``, the identifying ``fields`` (task, method, seed, ...),
+    ``status: "failed"``, ``error`` (type and message) and the provenance. A rerun retries it
+    (see :func:`done_keys`); the page counts and lists it."""
     return {
         "key": key,
         **fields,
         "status": "failed",
         "error": f"{type(err).__name__}: {err}"[:2000],
         **provenance(meta),
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": _now(),
     }
+
+
+def resolve_unfinished(rec: dict[str, Any]) -> dict[str, Any]:
+    """A ``started`` record that is a key's latest (no end record followed it: the run was
+    killed, timed out, or is still running) as the counted ``failed`` record it stands for,
+    with :data:`UNFINISHED_ERROR` (and the record's ``note``, if any) and ``unfinished:
+    True``; any other record unchanged."""
+    if rec.get("status") != "started":
+        return rec
+    note = rec.get("note")
+    error = UNFINISHED_ERROR + (f"; {note}" if note else "")
+    return rec | {"status": "failed", "error": error, "unfinished": True}
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Any:
+    """While the block runs (in the main thread), SIGTERM (``timeout``, ``kill``) raises
+    ``SystemExit`` instead of ending the process silently, so the run records its failure."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(f"terminated by signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def record_run(
@@ -286,17 +351,34 @@ def record_run(
     meta: dict[str, Any],
     run: Callable[[], dict[str, Any]],
 ) -> dict[str, Any] | None:
-    """Do one benchmark run and append its raw record (one JSONL line) to ``runs_file``: the
-    record ``run()`` returns with ``fields``, ``key`` and the provenance, or, when it raises
-    ``ValueError`` / ``RuntimeError``, a :func:`failed_record` (counted on the page, never
-    dropped; a rerun retries it). Returns the record, or None for a failed run."""
+    """Do one benchmark run and record it in ``runs_file`` (JSONL), so that every started run
+    leaves a record whatever happens to it:
+
+    1. before the run, a ``status: "started"`` record (``key``, ``fields``, ``run_id``, the
+       provenance, ``started``): if the process is killed (SIGKILL, a timeout, a lost
+       machine) it is the key's last record, and :func:`resolve_unfinished` counts it as a
+       failed run;
+    2. after it, the record ``run()`` returns with ``fields``, ``key``, ``run_id`` and the
+       provenance; or, when it raises anything, a :func:`failed_record` with the error. An
+       ``Exception`` of any type is recorded and the next run goes on (returns None); an
+       interrupt (``KeyboardInterrupt``, ``SystemExit``: Ctrl-C, ``timeout``'s SIGTERM where
+       the script turns it into ``SystemExit``) is recorded and then re-raised.
+
+    Returns the finished record, or None for a failed run."""
+    run_id = uuid.uuid4().hex
+    start = {"key": key, **fields, "status": "started", "run_id": run_id, **provenance(meta)}
+    append_line(runs_file, json.dumps(start | {"started": _now()}))
     try:
-        rec = run()
-    except (ValueError, RuntimeError) as err:  # one bad run must not stop the others
-        print(f"{key} failed: {err}", flush=True)
-        append_line(runs_file, json.dumps(failed_record(key, fields, err, meta)))
+        with _sigterm_as_exit():
+            rec = run()
+    except BaseException as err:  # every failure is a counted record, never a missing one
+        print(f"{key} failed: {type(err).__name__}: {err}", flush=True)
+        failed = failed_record(key, fields, err, meta) | {"run_id": run_id}
+        append_line(runs_file, json.dumps(failed))
+        if not isinstance(err, Exception):
+            raise
         return None
-    rec |= fields | {"key": key} | provenance(meta)
+    rec |= fields | {"key": key, "run_id": run_id} | provenance(meta)
     append_line(runs_file, json.dumps(rec))
     return rec
 
@@ -304,7 +386,7 @@ def record_run(
 def done_keys(runs: Iterable[dict[str, Any]]) -> set[str]:
     """Keys a rerun skips: every run whose latest record did not fail (a failed run is tried
     again; a diverged one is a result and is not)."""
-    return {r["key"] for r in runs if run_status(r) != "failed"}
+    return {r["key"] for r in runs if run_status(r) not in ("failed", "started")}
 
 
 def provenance_summary(
@@ -316,21 +398,39 @@ def provenance_summary(
     ``{"head", "head_dirty", "n_runs", "by_commit": [{"commit", "dirty", "n", "groups"}],
     "carried_forward" (runs recorded at another commit than ``head``, or with none
     recorded), "unrecorded" (runs without a commit: recorded before provenance was logged),
-    "dirty" (runs from a dirty tree), "failed": [{"key", "commit", "error"}], "n_failed",
-    "n_diverged"}``. ``groups`` are the runs' ``task/setting/method`` (or ``task/method``)
-    names."""
+    "dirty" (runs from a dirty tree), "dirty_unnamed" (of those, runs whose record does not
+    name the changed files: recorded before records carried them), "failed": [{"key",
+    "commit", "error"}], "n_failed", "n_unfinished" (failed runs that were started and have
+    no end record: killed or timed out), "n_diverged"}``. ``groups`` are the runs'
+    ``task/setting/method`` (or ``task/method``) names; a dirty entry also has
+    ``dirty_paths`` and ``diff_sha256`` (the sorted distinct values its runs recorded)."""
+    runs = [resolve_unfinished(r) for r in runs]
     by: dict[tuple[str | None, bool | None], dict[str, Any]] = {}
     for r in runs:
         entry = by.setdefault(
             (r.get("commit"), r.get("dirty")),
-            {"commit": r.get("commit"), "dirty": r.get("dirty"), "n": 0, "groups": set()},
+            {
+                "commit": r.get("commit"),
+                "dirty": r.get("dirty"),
+                "n": 0,
+                "groups": set(),
+                "dirty_paths": set(),
+                "diff_sha256": set(),
+            },
         )
         entry["n"] += 1
         parts = [r.get("task"), r.get("setting"), r.get("method")]
         entry["groups"].add("/".join(str(x) for x in parts if x is not None))
+        entry["dirty_paths"].update(r.get("dirty_paths") or [])
+        if r.get("diff_sha256"):
+            entry["diff_sha256"].add(r["diff_sha256"])
     by_commit = sorted(by.values(), key=lambda e: (-e["n"], e["commit"] is None, str(e["commit"])))
     for e in by_commit:
         e["groups"] = sorted(e["groups"])
+        e["dirty_paths"] = sorted(e["dirty_paths"])
+        e["diff_sha256"] = sorted(e["diff_sha256"])
+        if not e["dirty"]:
+            del e["dirty_paths"], e["diff_sha256"]
     failed = [r for r in runs if run_status(r) == "failed"]
     return {
         "head": head,
@@ -340,10 +440,12 @@ def provenance_summary(
         "carried_forward": sum(1 for r in runs if not head or r.get("commit") != head),
         "unrecorded": sum(1 for r in runs if not r.get("commit")),
         "dirty": sum(1 for r in runs if r.get("dirty")),
+        "dirty_unnamed": sum(1 for r in runs if r.get("dirty") and not r.get("diff_sha256")),
         "failed": [
             {"key": r["key"], "commit": r.get("commit"), "error": r.get("error")} for r in failed
         ],
         "n_failed": len(failed),
+        "n_unfinished": sum(1 for r in failed if r.get("unfinished")),
         "n_diverged": sum(1 for r in runs if run_status(r) == "diverged"),
     }
 
@@ -385,9 +487,24 @@ def provenance_markdown(summary: dict[str, Any]) -> str:
         text += f"All {n} runs were recorded at this commit; "
     text += (
         f"{summary['dirty']} of the {n - unrecorded} runs with a recorded commit ran from a "
-        "tree with uncommitted code changes (`dirty`). "
-        f"Failed runs (an exception): {summary['n_failed']}; diverged runs (loss NaN/inf, "
-        f"counted as not fitted): {summary['n_diverged']}."
+        "tree with uncommitted code changes (`dirty`)"
+    )
+    unnamed = summary.get("dirty_unnamed", 0)
+    if unnamed:
+        text += (
+            f"; {unnamed} of them were recorded before run records named the changed files "
+            "and a hash of the diff, so which code they ran cannot be recovered (a record "
+            "is not rewritten after the fact)"
+        )
+    text += (
+        f". Failed runs (an exception of any type, or started with no end record: killed "
+        f"or timed out): {summary['n_failed']}"
+        + (
+            f" ({summary['n_unfinished']} with no end record)"
+            if summary.get("n_unfinished")
+            else ""
+        )
+        + f"; diverged runs (loss NaN/inf, counted as not fitted): {summary['n_diverged']}."
     )
     lines.append(text)
     if summary["by_commit"]:
@@ -399,17 +516,26 @@ def provenance_markdown(summary: dict[str, Any]) -> str:
                 shown += f", ... ({len(groups)} groups)"
             mark = "this page's" if head and e["commit"] == head else "carried forward"
             dirty = {True: "yes", False: "no", None: "not recorded"}[e["dirty"]]
+            if e["dirty"]:
+                paths, hashes = e.get("dirty_paths") or [], e.get("diff_sha256") or []
+                dirty += (
+                    f": {', '.join(f'`{x}`' for x in paths[:8])}"
+                    + (f" (+{len(paths) - 8})" if len(paths) > 8 else "")
+                    + f"; diff sha256 {', '.join(f'`{h[:12]}`' for h in hashes)}"
+                    if hashes
+                    else " (changed files not recorded)"
+                )
             rows.append([f"`{_short(e['commit'])}`", mark, dirty, e["n"], shown])
         lines += ["", markdown_table(["commit", "", "dirty", "runs", "groups"], rows)]
     if summary["failed"]:
         lines += [
             "",
-            "Failed runs (not in any statistic above; a rerun retries them):",
+            "Failed runs (a rerun retries them; each statistic above says how it counts them):",
             "",
             markdown_table(
                 ["run", "commit", "error"],
                 [
-                    [f"`{f['key']}`", f"`{_short(f['commit'])}`", (f["error"] or "")[:200]]
+                    [f"`{f['key']}`", f"`{_short(f['commit'])}`", (f["error"] or "")[:800]]
                     for f in summary["failed"]
                 ],
             ),

@@ -840,8 +840,10 @@ def markdown(data: dict[str, Any]) -> str:
         "over seeds of steps / steps(CE) for the same seed (same rows, same init; a run that "
         "did not fit counts as budget + 1 steps) with its bootstrap 95% interval, as "
         "everywhere in `bench/` (`bench/stats.py`); `p` is the Wilcoxon signed-rank p and "
-        "`Holm` the same p adjusted over every per-setting comparison on this page. A failed "
-        "run (an exception) is in no statistic and is counted in `failed`; a diverged one "
+        "`Holm` the same p adjusted over every per-setting comparison on this page ("
+        + stats.method_note()
+        + ") A failed run (an exception of any type, or a run started with no end record: "
+        "killed or timed out) is in no statistic and is counted in `failed`; a diverged one "
         "(loss NaN/inf) counts as not fitted. Greedy check: "
         "extracted-answer accuracy and exact-text match of real greedy generation on the "
         "training rows of the converged prompts. ‖∇reg‖/‖∇CE‖: median ratio of the "

@@ -329,8 +329,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"{'met' if data['target_met'] else 'not met'}). Without the cache it manages "
         f"{_f(cfg[f'{main}_uncached']['tokens_per_s']['median'])} tokens/s, "
         f"{rat[main]['cached_to_uncached']['geo_mean']:.2f}x slower than cached"
-        " (the uncached path recomputes the whole sequence for every token, so the gap grows "
-        "with length).",
+        f" ({rat[main]['cached_to_uncached']['n']} uncached repeat(s); the uncached path "
+        "recomputes the whole sequence for every token, so the gap grows with length). "
+        + bench_stats.interval_note(),
         "",
         "## Tokens per second (median over repeats; min-max)",
         "",

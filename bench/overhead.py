@@ -681,7 +681,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"`topo_callback` {_fmt_ci(data, 'paired_ratio', 'paired_ci')}. "
         "CPU ratio: the same ratio of medians with this process's CPU time in place of wall "
         "time. Fastest step: the median over trials of each trial's fastest step; its ratio is "
-        "plain's fastest step / the configuration's.",
+        "plain's fastest step / the configuration's. " + paired_stats.interval_note(),
         "",
         "## Where the time goes",
         "",

@@ -79,8 +79,10 @@ def import_common() -> Any:
 
 
 def read_runs(path: Path) -> list[dict[str, Any]]:
-    """Finished runs of a benchmark's JSONL file, the latest per ``key``; a torn line (a job
-    killed mid-append) is skipped."""
+    """The runs of a benchmark's JSONL file, the latest record per ``key``; a torn line (a
+    job killed mid-append) is skipped. A run whose latest record is its ``started`` record
+    (killed, timed out, or still running) comes back as a counted failed run
+    (``common.resolve_unfinished``), never as a missing one."""
     if not path.is_file():
         return []
     runs: dict[str, dict[str, Any]] = {}
@@ -90,7 +92,8 @@ def read_runs(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
         runs[rec["key"]] = rec
-    return list(runs.values())
+    common = import_common()
+    return [common.resolve_unfinished(r) for r in runs.values()]
 
 
 def target_lengths(tokenizer: Any, task: Any, row: dict[str, Any]) -> tuple[int, int]:

@@ -17,7 +17,10 @@ JSON fields: ``meta`` (``common.run_metadata``), ``design`` (the numbers above),
 (per arm: runs, fitted, median steps with censored = budget + 1, median CE at the start and
 end, median target-token accuracy at the end (how close an unfitted prompt came), median
 prompt row norm at the start and end (the init's scale, and how far training moved it),
-median regulariser gradient share, median seconds per step, mean test accuracy),
+median regulariser gradient share, median seconds per step, mean test accuracy;
+``unfitted``, ``token_accuracy_unfitted``, ``ce_end_unfitted``: the runs that did not fit and
+their medians; ``train_minutes``: [min, max] of the training loop's minutes per run, from the
+records' ``seconds``, test generations not included),
 ``comparisons`` (per init, CE + TSLoss against CE: ``stats.compare`` fields plus
 ``ce_end_diff_median``, ``ce_end_lower``, ``ce_end_higher``: the paired final CE, arm minus
 CE; exploratory),
@@ -104,6 +107,8 @@ def summarise(runs: list[dict[str, Any]], d: Design) -> dict[str, Any]:
         steps = [_steps(r) for r in rs]
         ces = [r["ce"] for r in ok if r.get("ce")]
         tests = [r["test"]["accuracy"] for r in ok if r.get("test")]
+        unfitted = [r for r in ok if _steps(r) is None]
+        minutes = [r["seconds"] / 60 for r in ok if r.get("seconds") is not None]
         arms[label] = {
             "runs": len(rs),
             "failed": len(rs) - len(ok),
@@ -112,6 +117,14 @@ def summarise(runs: list[dict[str, Any]], d: Design) -> dict[str, Any]:
             "ce_start": _median([c[0] for c in ces if c[0] is not None]),
             "ce_end": _median([c[-1] for c in ces if c[-1] is not None]),
             "token_accuracy": _median([r["token_accuracy"] for r in ok if "token_accuracy" in r]),
+            "unfitted": len(unfitted),
+            "token_accuracy_unfitted": _median(
+                [r["token_accuracy"] for r in unfitted if "token_accuracy" in r]
+            ),
+            "ce_end_unfitted": _median(
+                [r["ce"][-1] for r in unfitted if r.get("ce") and r["ce"][-1] is not None]
+            ),
+            "train_minutes": [min(minutes), max(minutes)] if minutes else None,
             "norm_start": _median([r["prompt_start"]["mean_norm"] for r in ok]),
             "norm_end": _median([r["prompt_end"]["mean_norm"] for r in ok if r.get("prompt_end")]),
             "grad_ratio": _median([r["grad_ratio"] for r in ok if r.get("grad_ratio")]),
@@ -181,9 +194,14 @@ def markdown(res: dict[str, Any]) -> str:
             _fmt(a["median_steps"], "g"),
             f"{_fmt(a['ce_start'])} -> {_fmt(a['ce_end'])}",
             _fmt(a["token_accuracy"], ".2f"),
+            f"{a['unfitted']}: {_fmt(a['token_accuracy_unfitted'], '.2f')}, "
+            f"CE {_fmt(a['ce_end_unfitted'])}",
             f"{_fmt(a['norm_start'])} -> {_fmt(a['norm_end'])}",
             _fmt(a["grad_ratio"]),
             _fmt(a["seconds_per_step"], ".2f"),
+            "n/a"
+            if not a["train_minutes"]
+            else f"{a['train_minutes'][0]:.1f}-{a['train_minutes'][1]:.1f}",
             "n/a" if a["test_accuracy"] is None else f"{100 * a['test_accuracy']:.1f}%",
         ]
         for arm, a in res["arms"].items()
@@ -195,16 +213,19 @@ def markdown(res: dict[str, Any]) -> str:
                 "fitted / runs",
                 f"median steps (censored = {d['budget'] + 1})",
                 "CE start -> end (median)",
-                "target-token accuracy at the end",
+                "target-token accuracy at the end (median, all runs)",
+                "not fitted: runs, their median target-token accuracy and CE at the end",
                 "prompt row norm start -> end",
                 "reg. gradient / CE gradient",
                 "s / step",
+                "training loop, min per run (range; test generations not timed)",
                 f"test accuracy ({d['test_n']} rows)",
             ],
             rows,
         )
     )
     lines += ["", "## CE + TSLoss against CE, paired by seed (exploratory)", ""]
+    lines += [stats.method_note(), ""]
     if not res["comparisons"]:
         lines.append("No seed has both arms yet.")
     else:

@@ -265,11 +265,8 @@ def _paired_accuracy(
             diffs.append(a - b)
     if not diffs:
         return None, None, None
-    d = np.asarray(diffs)
-    rng = np.random.default_rng(stats.BOOT_SEED)
-    means = d[rng.integers(0, d.size, size=(stats.N_BOOT, d.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return float(d.mean()), float(lo), float(hi)
+    lo, hi = stats.bootstrap_mean_ci(diffs)
+    return float(np.mean(diffs)), lo, hi
 
 
 def verdict(c: dict[str, Any]) -> str:
@@ -583,7 +580,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines += [
         "",
         "Ratio: geometric mean over seeds of steps(arm) / steps(baseline), same seed = same "
-        "training rows and initial prompt; a censored run counts as budget + 1.",
+        "training rows and initial prompt; a censored run (and a failed one: an exception, or "
+        "a run started with no end record) counts as budget + 1. " + stats.method_note(),
         "",
         "**Headline**: "
         + (
@@ -635,7 +633,10 @@ def markdown(res: dict[str, Any]) -> str:
             "",
             "### TSLoss on the best baseline: MMLU and single-sample (PROTOCOL 6b)",
             "",
-            "Uncorrected, not in the Holm family above; pairs = those finished of the planned.",
+            "Uncorrected, not in the Holm family above; pairs = the seeds both arms ran, of "
+            "the planned. A seed with a failed or unfinished run in one arm only is in no pair; "
+            "it is counted in the last column and listed, with its error, under *Provenance of "
+            "the runs*.",
             "",
         ]
         rows = []

@@ -3,6 +3,7 @@ the documented JSON fields, so the scripts cannot rot between full (by hand) run
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -18,6 +19,9 @@ from tiny import run_bench, write_tiny_gsm8k
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import common  # bench/common.py
+from paper_bench import read_runs
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _load(out: Path, name: str) -> dict[str, Any]:
@@ -139,23 +143,46 @@ def test_git_state_dirty_means_code_differs(tmp_path):
     head = subprocess.run(
         ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert common.git_state(root) == {"commit": head, "dirty": False, "dirty_paths": None}
+    clean = {"commit": head, "dirty": False, "dirty_paths": None, "diff_sha256": None}
+    assert common.git_state(root) == clean
     (root / "bench/results/r.json").write_text("{}\n")  # a running benchmark appends results
     (root / "bench/results/new.jsonl").write_text("{}\n")
     (root / "tests/t.py").write_text("x = 2\n")
     assert common.git_state(root)["dirty"] is False
     (root / "hf_tsprompt/new.py").write_text("y = 1\n")  # importable: it changes the code
-    assert common.git_state(root) == {
-        "commit": head,
-        "dirty": True,
-        "dirty_paths": ["hf_tsprompt/new.py"],
-    }
+    state = common.git_state(root)
+    assert state["dirty_paths"] == ["hf_tsprompt/new.py"] and state["dirty"] is True
+    untracked = state["diff_sha256"]
+    (root / "hf_tsprompt/new.py").write_text("y = 2\n")  # another content, another hash
+    assert common.git_state(root)["diff_sha256"] not in (None, untracked)
     (root / "hf_tsprompt/new.py").unlink()
     (root / "bench/b.py").write_text("x = 3\n")
-    assert common.git_state(root)["dirty_paths"] == ["bench/b.py"]
+    state = common.git_state(root)
+    assert state["dirty_paths"] == ["bench/b.py"]
+    # The hash is the SHA-256 of `git diff --binary HEAD` over the code paths.
+    diff = subprocess.run(
+        ["git", "-C", str(root), "diff", "--binary", "HEAD", "--", "bench/b.py"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert state["diff_sha256"] == hashlib.sha256(diff).hexdigest()
+    # A run record from a dirty tree names the files and the hash; a clean one neither.
+    meta = {"git": state}
+    assert common.provenance(meta) == {
+        "commit": head,
+        "dirty": True,
+        "dirty_paths": ["bench/b.py"],
+        "diff_sha256": state["diff_sha256"],
+    }
+    assert common.provenance({"git": clean}) == {"commit": head, "dirty": False}
     not_git = tmp_path / "plain"
     not_git.mkdir()
-    assert common.git_state(not_git) == {"commit": None, "dirty": None, "dirty_paths": None}
+    assert common.git_state(not_git) == {
+        "commit": None,
+        "dirty": None,
+        "dirty_paths": None,
+        "diff_sha256": None,
+    }
 
 
 def test_provenance_summary_counts_carried_forward_and_failed():
@@ -186,7 +213,10 @@ def test_provenance_summary_counts_carried_forward_and_failed():
         common.run_status({"key": "k", "status": "crashed"})
 
 
-def test_record_run_appends_one_line_for_a_finished_and_a_failed_run(tmp_path, capsys):
+def test_record_run_leaves_a_record_for_every_started_run(tmp_path, capsys):
+    """A started record before the run, an end record after it: a finished run, a failure of
+    any exception type (recorded, the next run goes on), an interrupt (recorded, re-raised)
+    and a kill (the started record is the last one: read back as a counted failure)."""
     runs_file = tmp_path / "runs.jsonl"
     meta = common.run_metadata()
     fields = {"task": "t", "method": "m", "seed": 0}
@@ -198,11 +228,59 @@ def test_record_run_appends_one_line_for_a_finished_and_a_failed_run(tmp_path, c
         raise RuntimeError("out of memory")
 
     assert common.record_run(runs_file, "t|m|1", fields | {"seed": 1}, meta, boom) is None
-    assert "t|m|1 failed: out of memory" in capsys.readouterr().out
+    assert "t|m|1 failed: RuntimeError: out of memory" in capsys.readouterr().out
+    # Any exception type is a failed run, not a missing one (a KeyError once left no trace).
+    assert common.record_run(runs_file, "t|m|2", fields, meta, lambda: {}["x"]) is None
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        common.record_run(runs_file, "t|m|3", fields, meta, interrupted)
     lines = [json.loads(x) for x in runs_file.read_text().splitlines()]
-    assert [(r["key"], r.get("status")) for r in lines] == [("t|m|0", None), ("t|m|1", "failed")]
-    assert lines[1]["error"] == "RuntimeError: out of memory" and lines[1]["seed"] == 1
-    # Anything else is a bug in the benchmark, not a failed run: it propagates.
-    with pytest.raises(KeyError):
-        common.record_run(runs_file, "t|m|2", fields, meta, lambda: {}["x"])
-    assert len(runs_file.read_text().splitlines()) == 2
+    assert [(r["key"], r.get("status")) for r in lines] == [
+        ("t|m|0", "started"),
+        ("t|m|0", None),
+        ("t|m|1", "started"),
+        ("t|m|1", "failed"),
+        ("t|m|2", "started"),
+        ("t|m|2", "failed"),
+        ("t|m|3", "started"),
+        ("t|m|3", "failed"),
+    ]
+    assert lines[0]["run_id"] == lines[1]["run_id"] != lines[2]["run_id"]
+    assert lines[3]["error"] == "RuntimeError: out of memory" and lines[3]["seed"] == 1
+    assert lines[5]["error"] == "KeyError: 'x'" and lines[7]["error"].startswith("KeyboardInt")
+    # A kill: the process dies inside run(), so the started record is the key's last.
+    killed = {"key": "t|m|4", **fields, "status": "started", "run_id": "r", "commit": "c"}
+    with runs_file.open("a") as f:
+        f.write(json.dumps(killed) + "\n")
+    runs = {r["key"]: r for r in read_runs(runs_file)}
+    assert runs["t|m|0"].get("status") is None and runs["t|m|4"]["unfinished"] is True
+    assert [common.run_status(runs[k]) for k in sorted(runs)] == ["ok"] + ["failed"] * 4
+    assert runs["t|m|4"]["error"] == common.UNFINISHED_ERROR
+    summary = common.provenance_summary(list(runs.values()), None)
+    assert (summary["n_failed"], summary["n_unfinished"]) == (4, 1)
+    assert "1 with no end record" in common.provenance_markdown(summary)
+    assert common.done_keys(runs.values()) == {"t|m|0"}  # every failure is retried
+
+
+def test_record_run_records_a_sigterm(tmp_path):
+    """``timeout`` and ``kill`` send SIGTERM: the run records it as failed, then exits."""
+    runs_file = tmp_path / "runs.jsonl"
+    script = (
+        "import os, signal, sys, time\n"
+        f"sys.path.insert(0, {str(BENCH)!r})\n"
+        "import common\n"
+        "def run():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        f"common.record_run(__import__('pathlib').Path({str(runs_file)!r}), 'k', {{}}, {{}}, run)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    lines = [json.loads(x) for x in runs_file.read_text().splitlines()]
+    assert [r["status"] for r in lines] == ["started", "failed"]
+    assert "SIGTERM" in lines[1]["error"]

@@ -25,7 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _runs(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+    """The end records of a runs file; every one was preceded by its run's ``started``
+    record (``common.record_run``), and no started run is left without an end."""
+    lines = [json.loads(x) for x in Path(path).read_text().splitlines()]
+    started = [r["run_id"] for r in lines if r.get("status") == "started"]
+    ended = [r for r in lines if r.get("status") != "started"]
+    assert sorted(started) == sorted(r["run_id"] for r in ended)
+    return ended
 
 
 def _check_provenance(data: dict[str, Any], runs: list[dict[str, Any]]) -> None:

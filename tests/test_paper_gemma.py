@@ -106,7 +106,12 @@ def test_paper_gemma_quick(tmp_path):
     assert data["design"]["schedule"] == "linear" and data["design"]["budget"] == 3
     assert set(data["arms"]) == {pg.arm_label(*a) for a in pg.ARMS}
     assert all(a["runs"] == 2 for a in data["arms"].values())
-    runs = [json.loads(x) for x in (out / "paper_gemma_runs.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (out / "paper_gemma_runs.jsonl").read_text().splitlines()]
+    runs = [r for r in lines if r.get("status") != "started"]  # end records
+    # common.record_run: every run has its started record first, and none is left unfinished.
+    assert sorted(r["run_id"] for r in lines if r.get("status") == "started") == sorted(
+        r["run_id"] for r in runs
+    )
     assert len(runs) == 8 and {r["schedule"] for r in runs} == {"linear"}
     assert all("commit" in r and "dirty" in r for r in runs)  # provenance on every run
     assert (out / "paper_gemma.md").read_text().startswith("# The paper's protocol on Gemma")

@@ -178,7 +178,12 @@ def test_time_to_fit_quick(tmp_path):
         assert fields <= set(c) and c["seeds"] == [0, 1]
     assert fields <= set(data["headline"])
     assert len(data["tuning"]["bbh"]) == 3  # one lr x three inits in the quick design
-    runs = [json.loads(x) for x in (out / "time_to_fit_runs.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (out / "time_to_fit_runs.jsonl").read_text().splitlines()]
+    runs = [r for r in lines if r.get("status") != "started"]  # end records
+    # common.record_run: every run has its started record first, and none is left unfinished.
+    assert sorted(r["run_id"] for r in lines if r.get("status") == "started") == sorted(
+        r["run_id"] for r in runs
+    )
     # tuning + (baseline, two arms, paper init = baseline) x 2 + explore (2 arms x 2 seeds x 3)
     assert len(runs) == 3 + 2 * 3 + 2 * 2 * 3
     explore = [r for r in runs if r["stage"] == "explore"]
