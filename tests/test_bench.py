@@ -284,3 +284,44 @@ def test_record_run_records_a_sigterm(tmp_path):
     lines = [json.loads(x) for x in runs_file.read_text().splitlines()]
     assert [r["status"] for r in lines] == ["started", "failed"]
     assert "SIGTERM" in lines[1]["error"]
+
+
+# --- bench/timed.py -----------------------------------------------------------------------------
+
+
+def test_timed_pytest_summary_reads_the_closing_line():
+    import timed
+
+    lines = ["x", "=== 672 passed, 3 skipped in 530.12s (0:08:50) ===", "trailing"]
+    assert timed.pytest_summary(lines) == "672 passed, 3 skipped in 530.12s (0:08:50)"
+    assert (
+        timed.pytest_summary(["== 2 failed, 5 passed in 1.00s =="]) == "2 failed, 5 passed in 1.00s"
+    )
+    assert timed.pytest_summary(["no tests here", "== warnings summary =="]) is None
+
+
+def test_timed_records_every_outcome(tmp_path, capsys):
+    """A passing and a failing command each leave one record with their return code, the
+    pytest summary their output had, and the provenance fields; the output streams through."""
+    import timed
+
+    out = tmp_path / "timings.jsonl"
+    ok = "print('== 3 passed in 0.01s ==')"
+    assert timed.main(["--name", "demo", "--out", str(out), "--", sys.executable, "-c", ok]) == 0
+    bad = "import sys; print('half'); sys.exit(3)"
+    assert timed.main(["--name", "bad", "--out", str(out), "--", sys.executable, "-c", bad]) == 3
+    assert "== 3 passed in 0.01s ==" in capsys.readouterr().out
+    first, second = (json.loads(line) for line in out.read_text().splitlines())
+    assert (first["name"], first["returncode"], first["summary"]) == (
+        "demo",
+        0,
+        "3 passed in 0.01s",
+    )
+    assert (second["name"], second["returncode"], second["summary"]) == ("bad", 3, None)
+    assert second["tail"] == ["half"] and second["command"][-1] == bad
+    for record in (first, second):
+        assert record["seconds"] >= 0 and record["machine"]["nproc"] >= 1
+        assert re.fullmatch(r"[0-9a-f]{40}", record["git"]["commit"])
+        assert "load_avg_1m" in record["load"] and record["versions"]["torch"]
+    with pytest.raises(SystemExit):
+        timed.main(["--name", "nothing", "--out", str(out)])
