@@ -53,7 +53,7 @@ import numpy as np
 from .errors import ConfigError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_json, atomic_write_text, read_json_dict
 from .models import load_base_model
-from .prompts import get_prompt_method, method_of, prompt_method_names, prompt_methods
+from .prompts import get_prompt_method, method_of, prompt_method_names
 from .recipes import load_run_recipe
 from .records import load_prompt, read_records
 from .runs import (
@@ -82,6 +82,7 @@ __all__ = [
     "format_markdown",
     "h0_components",
     "h1_loops",
+    "in_key_value_space",
     "load_explain",
     "load_vocabulary",
     "nearest_tokens",
@@ -91,10 +92,6 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-#: Methods whose prompt is read by the model as input embeddings (so it has nearest tokens),
-#: and the others (key/value prefixes); the built-in table's, as at import.
-VOCAB_METHODS: tuple[str, ...] = tuple(m.name for m in prompt_methods() if m.in_vocabulary_space)
-KV_METHODS: tuple[str, ...] = tuple(m.name for m in prompt_methods() if not m.in_vocabulary_space)
 #: A start loop survives when an end loop shares at least this Jaccard fraction of its tokens.
 LOOP_MATCH = 0.5
 PREFIX_NOTE = (
@@ -359,6 +356,13 @@ JSON_FIELDS: dict[str, str] = {
 }
 
 
+def in_key_value_space(method: str) -> bool:
+    """Whether a run of ``method`` (a ``peft.method`` name) has a key/value prompt, with no
+    nearest tokens; read from the prompt-method table when asked, so a method registered after
+    import counts (an unknown name: False, its vectors are compared with the vocabulary's)."""
+    return method in prompt_method_names() and not get_prompt_method(method).in_vocabulary_space
+
+
 def _run_method(run_dir: Path) -> str:
     """The peft method: run.json, else the adapter config, else the recipe."""
     method = read_run(run_dir, strict=False).get("method")
@@ -451,7 +455,7 @@ def explain_run(
     method = _run_method(run)
 
     note = None
-    if method in prompt_method_names() and not get_prompt_method(method).in_vocabulary_space:
+    if in_key_value_space(method):
         space = "key_value"
         note = PREFIX_NOTE.format(method=method.replace("_", " "), dim=dim)
         vocab = None

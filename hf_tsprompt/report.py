@@ -240,10 +240,10 @@ def _load_explain(run: _Run, vocabs: dict[Any, Any]) -> None:
     """Reuse a fresh ``explain.json``, else compute the explanation (never fails the report)."""
     from .explain import (
         EXPLAIN_JSON,
-        KV_METHODS,
         _base_model_ref,
         _run_method,
         explain_run,
+        in_key_value_space,
         load_explain,
         load_vocabulary,
     )
@@ -257,7 +257,7 @@ def _load_explain(run: _Run, vocabs: dict[Any, Any]) -> None:
             run.explain = load_explain(run.path)
             return
         vocab = None
-        if _run_method(run.path) not in KV_METHODS:
+        if not in_key_value_space(_run_method(run.path)):
             key = _base_model_ref(run.path)
             key = (key[0], str(key[1]))
             if key not in vocabs:

@@ -336,3 +336,21 @@ def test_steps_argument(tiny_run, embeddings):
     assert [s.step for s in res.snapshots] == [steps[1], steps[0]]
     with pytest.raises(ConfigError, match="no saved prompt at step"):
         explain_run(run, steps=[10_000], vocab=vocab)
+
+
+def test_a_key_value_method_registered_after_import_is_read_live(monkeypatch):
+    """The prompt-method table is asked when a run is explained, not copied at import: a
+    method registered later (a plugin) with a key/value prompt has no nearest tokens."""
+    import dataclasses
+
+    from hf_tsprompt import prompts
+    from hf_tsprompt.explain import in_key_value_space
+
+    monkeypatch.setattr(prompts, "_REGISTRY", dict(prompts._REGISTRY))
+    assert in_key_value_space("prefix_tuning") and not in_key_value_space("prompt_tuning")
+    assert not in_key_value_space("my_prefix")  # unknown: compared with the vocabulary
+    prefix = prompts.get_prompt_method("prefix_tuning")
+    prompts.register_prompt_method(
+        dataclasses.replace(prefix, name="my_prefix", peft_type="MY_PREFIX")
+    )
+    assert in_key_value_space("my_prefix")
