@@ -97,6 +97,13 @@ class MethodCheck:
         """peft is wrong and the fix is right in every setting."""
         return self.error is None and bool(self.peft_wrong) and not self.fix_wrong
 
+    def wrong_in(self, setting: str) -> bool:
+        """Whether peft's own ``generate`` is wrong in ``setting`` (a :data:`SETTINGS` name,
+        e.g. ``"single row, cached"``, what a model card's snippet does)."""
+        if setting not in {name for name, _, _ in SETTINGS}:
+            raise ValueError(f"unknown setting {setting!r}; choose one of {_setting_names()}")
+        return any(entry.split(":")[0] == setting for entry in self.peft_wrong)
+
     def describe(self) -> str:
         """One line: the verdict and its evidence."""
         if self.error is not None:
@@ -113,6 +120,10 @@ class MethodCheck:
             f"{self.method}: peft's generate is wrong ({wrong}) with {self.versions}; "
             "fix_generate fixes it"
         )
+
+
+def _setting_names() -> str:
+    return ", ".join(name for name, _, _ in SETTINGS)
 
 
 @functools.cache

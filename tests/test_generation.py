@@ -160,6 +160,11 @@ def test_the_check_agrees_with_this_files_reference(tokenizer, method):
     assert found.error is None and not found.fix_wrong, found.describe()
     claimed = sorted(entry.split(":")[0] for entry in found.peft_wrong)
     assert sorted(_settings_wrong(_peft(method, fix=False), tokenizer)) == claimed
+    assert [name for name, _, _ in generation.SETTINGS if found.wrong_in(name)] == [
+        name for name, _, _ in generation.SETTINGS if name in claimed
+    ]
+    with pytest.raises(ValueError, match="choose one of single row, cached"):
+        found.wrong_in("batch")
     fixed = _peft(method, fix=True)
     assert generation._is_fixed(fixed) is found.needs_fix
     assert _settings_wrong(fixed, tokenizer) == []
