@@ -762,18 +762,19 @@ def _readable_text(rel: str, content: Any) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _machine_names() -> list[str]:
-    """This machine's user and host names, as they would appear in a path or a text."""
-    names = []
+def _machine_names() -> list[re.Pattern[str]]:
+    """This machine's user name in a home-folder path (``/home/<user>``, ``/Users/<user>``,
+    ``C:\\Users\\<user>``: not alone, since a Hub namespace may be the same word) and its host
+    name as a word, when it is distinctive enough to search for."""
+    patterns = []
     with contextlib.suppress(Exception):
-        user = getpass.getuser()
-        if len(user) >= 3:
-            names += [f"/{user}/", f"\\{user}\\"]
+        user = re.escape(getpass.getuser())
+        patterns.append(re.compile(rf"(?:/home/|/Users/|\\Users\\){user}(?![A-Za-z0-9._-])"))
     with contextlib.suppress(Exception):
         host = socket.gethostname()
         if len(host) >= 4 and host.lower() not in ("localhost", "localhost.localdomain"):
-            names.append(host)
-    return names
+            patterns.append(re.compile(rf"(?<![A-Za-z0-9._-]){re.escape(host)}(?![A-Za-z0-9_-])"))
+    return patterns
 
 
 def _check_publishable(uploads: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
@@ -782,7 +783,7 @@ def _check_publishable(uploads: dict[str, Any], pairs: list[tuple[str, str]]) ->
     for rel, content in uploads.items():
         text = _readable_text(rel, content)
         found = [path for path, _ in pairs if _path_pattern(path).search(text)]
-        found += [name for name in _machine_names() if name in text]
+        found += [m[0] for pattern in _machine_names() if (m := pattern.search(text))]
         if found:
             leaks.append(f"{rel} ({', '.join(sorted(set(found)))})")
     if leaks:

@@ -746,3 +746,21 @@ def test_peft_push_to_hub_is_the_reference_for_the_adapter_files(hub, run, tmp_p
             assert (value, our_card[key]) == justified[key], key
         else:
             assert our_card[key] == value, key
+
+
+def test_push_refuses_this_machines_user_and_host_names(hub, run, monkeypatch):
+    import getpass
+    import socket
+
+    run_dir, _ = run
+    # The local user's name is also the Hub namespace here: that alone is no leak.
+    monkeypatch.setattr(getpass, "getuser", lambda: "alice")
+    monkeypatch.setattr(socket, "gethostname", lambda: "build-host-7")
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    info = json.loads((run_dir / "run.json").read_text())
+    info["note"] = "trained on build-host-7 from /home/alice/data"
+    (run_dir / "run.json").write_text(json.dumps(info))
+    with pytest.raises(HubError, match="run.json") as err:
+        push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    assert "/home/alice" in str(err.value) and "build-host-7" in str(err.value)
+    assert b"build-host-7" not in hub.repo_files(REPO)["run.json"]
