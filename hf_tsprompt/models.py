@@ -97,7 +97,7 @@ class LoadedModel:
 def is_hub_id(text: Any) -> bool:
     """Whether ``text`` has the form of a Hub model id, ``org/name`` (a local path may too:
     callers that can tell check that no such path exists)."""
-    return isinstance(text, str) and bool(_HUB_ID.match(text))
+    return isinstance(text, str) and bool(_HUB_ID.fullmatch(text))
 
 
 def hub_id_from_path(path: str | os.PathLike[str]) -> str | None:
