@@ -409,21 +409,21 @@ def _snapshot_accuracy(run_dir: Path) -> tuple[str | None, Any, Any]:
     return None, None, None
 
 
-def _caption(spec: FigureSpec, regularizer: str | None, acc_set: str | None) -> str:
-    """A figure's caption on the card: the report's, plus what this run's panels show."""
-    caption = spec.caption
+def _figure_note(spec: FigureSpec, regularizer: str | None, acc_set: str | None) -> str:
+    """What this run's figure shows beyond its caption (the report's), or ``""``: which
+    examples the panels' accuracy is on, and what the loss was made of."""
     on = {"train": "the training examples", "test": "test examples"}.get(acc_set or "")
     if spec in (FIG_BARCODES, FIG_DIAGRAMS, FIG_HEATMAPS) and on:
-        caption += f"; each panel's accuracy is measured on {on}"
+        return f"each panel's accuracy is measured on {on}"
     if spec == FIG_ACCURACY and on:
-        caption += f"; the snapshots' accuracy is measured on {on}"
+        return f"the snapshots' accuracy is measured on {on}"
     if spec == FIG_LOSS:
-        caption += {
-            "none": ": cross-entropy only, no regulariser",
-            "tsloss": ": L_total = L_ce + λ_ts·L_ts, the cross-entropy and TSLoss's L_ts",
+        return {
+            "none": "cross-entropy only, no regulariser",
+            "tsloss": "L_total = L_ce + λ_ts·L_ts: the cross-entropy plus TSLoss's L_ts",
             None: "",
-        }.get(regularizer, f": the cross-entropy plus the {regularizer} regulariser")
-    return caption
+        }.get(regularizer, f"the cross-entropy plus the {regularizer} regulariser")
+    return ""
 
 
 def build_model_card(
@@ -496,7 +496,7 @@ def build_model_card(
     adapter_ref = repo_id or find_adapter(run_dir).relative_to(run_dir).as_posix()
     acc_set, acc_step, acc_value = _snapshot_accuracy(run_dir)
     figures = [
-        (_caption(spec, regularizer, acc_set), f"{FIGURES_DIR}/{spec.file}")
+        (spec.caption, _figure_note(spec, regularizer, acc_set), f"{FIGURES_DIR}/{spec.file}")
         for spec in CARD_FIGURES
         if (run_dir / FIGURES_DIR / spec.file).is_file()
     ]
@@ -510,16 +510,13 @@ def build_model_card(
         )
     max_new_tokens = (recipe.get("evaluation") or {}).get("max_new_tokens", 256)
     accuracy_rows = [
-        (
-            f"{metric_label(key)} ({info.get('test_size', '?')} test examples)",
-            format_value(key, info.get(key)),
-        )
+        (metric_label(key), format_value(key, info.get(key)))
         for key in ("accuracy_before", "accuracy_after")
     ]
     if acc_set == "train":
         accuracy_rows.append(
             (
-                f"training accuracy at the last snapshot (step {acc_step}, "
+                f"{metric_label('train_accuracy')} at the last snapshot (step {acc_step}, "
                 f"{info.get('train_size', '?')} training examples)",
                 format_value("train_accuracy", acc_value),
             )

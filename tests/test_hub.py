@@ -598,15 +598,14 @@ def test_every_uploaded_figure_is_shown_with_its_caption(hub, run):
     files = hub.repo_files(REPO)
     readme = files["README.md"].decode()
     uploaded = {f for f in files if f.endswith(".png")}
-    shown = dict(
-        (path, caption)
-        for caption, path in re.findall(r"\*\*([^*\n]+)\*\*\n\n!\[[^\]]*\]\(([^)]+)\)", readme)
-    )
+    # **caption** (this run's note), a blank line, then the image
+    figure = r"\*\*([^*\n]+)\*\*[^\n]*\n\n!\[[^\]]*\]\(([^)]+)\)"
+    shown = {path: caption for caption, path in re.findall(figure, readme)}
     assert uploaded == set(shown) and "figures/comparison.png" not in uploaded
     assert {"figures/density.png", "figures/tsne.png"} <= uploaded
-    titles = {f"figures/{spec.file}": spec.title for spec in FIGURES}
+    captions = {f"figures/{spec.file}": spec.caption for spec in FIGURES}
     for path, caption in shown.items():
-        assert caption.startswith(titles[path]), (path, caption)
+        assert caption == captions[path], (path, caption)
 
 
 def test_card_names_training_and_test_accuracy_and_what_ran(run):
@@ -614,14 +613,15 @@ def test_card_names_training_and_test_accuracy_and_what_ran(run):
     text = str(build_model_card(run_dir, repo_id=REPO))
     info = json.loads((run_dir / "run.json").read_text())
     state = json.loads((run_dir / "trainer_state.json").read_text())
-    assert f"| test accuracy after training ({info['test_size']} test examples) |" in text
-    assert "| training accuracy at the last snapshot (step 4, 4 training examples) |" in text
+    assert f"Greedy decoding on {info['test_size']} held-out test examples" in text
+    assert "| test accuracy after training |" in text
+    assert "| train accuracy at the last snapshot (step 4, 4 training examples) |" in text
     assert f"| optimiser steps | {state['global_step']} |" in text
     assert f"| epochs | {state['epoch']:g} |" in text
     assert "num_train_epochs" not in text and "max_steps" not in text
     assert "(prompt tuning, TSLoss)" in text.split("\n# ", 1)[1].splitlines()[0]
-    barcodes = re.search(r"\*\*(Persistence barcodes[^*]*)\*\*", text)[1]
-    assert "training examples" in barcodes
+    barcodes = re.search(r"\*\*Persistence barcodes[^*]*\*\*([^\n]*)", text)[1]
+    assert "accuracy is measured on the training examples" in barcodes
 
 
 def test_card_links_only_what_is_declared(run):
