@@ -384,13 +384,13 @@ def _dataset_id(info: dict[str, Any]) -> str | None:
     return str(dataset_id) if dataset_id else None
 
 
-def _generation_fix(method: Any) -> bool:
+def _generation_fix(peft_type: str | None) -> bool:
     """Whether the card's snippets call ``hf_tsprompt.generation.fix_generate(model)`` (and
-    say how to install hf_tsprompt): THE ONE SWITCH for it. False: the snippets need
-    transformers and peft only. Where peft's own ``generate`` is wrong for the method, this
-    becomes ``hf_tsprompt.generation.needs_fix(peft_type)`` and the template adds the import,
-    the call and :data:`GENERATION_FIX_INSTALL`."""
-    del method
+    show :data:`GENERATION_FIX_INSTALL`): THE ONE SWITCH for it, given the adapter's peft
+    type (``PROMPT_TUNING``, ...). False: the snippets need transformers and peft only. Where
+    peft's own ``generate`` is wrong for a peft type, this becomes
+    ``hf_tsprompt.generation.needs_fix(peft_type)``; the template already has the lines."""
+    del peft_type
     return False
 
 
@@ -531,7 +531,8 @@ def build_model_card(
         )
     short_method = str(method_name).split(" (")[0]
     base_label = base_id or "a private base model"
-    generation_fix = _generation_fix(method)
+    peft_type = read_json_dict(find_adapter(run_dir) / ADAPTER_CONFIG_FILE).get("peft_type")
+    generation_fix = _generation_fix(peft_type if isinstance(peft_type, str) else None)
     context = {
         "title": _inline(
             f"{info.get('name')}: a soft prompt for {base_label} "

@@ -764,3 +764,24 @@ def test_push_refuses_this_machines_user_and_host_names(hub, run, monkeypatch):
         push_to_hub(run_dir, REPO, token=HUB_TOKEN)
     assert "/home/alice" in str(err.value) and "build-host-7" in str(err.value)
     assert b"build-host-7" not in hub.repo_files(REPO)["run.json"]
+
+
+def test_the_generation_fix_switch_adds_its_lines_to_both_snippets(run, monkeypatch):
+    """Off (today) the snippets need transformers and peft only; switched on (where peft's
+    generate is wrong for the adapter's peft type) both call fix_generate on the model."""
+    from hf_tsprompt import hub
+
+    run_dir, _ = run
+    off = str(build_model_card(run_dir, repo_id=REPO))
+    assert "hf_tsprompt" not in off and "pip install transformers peft" in off
+    seen = []
+    monkeypatch.setattr(hub, "_generation_fix", lambda peft_type: seen.append(peft_type) or True)
+    on = str(build_model_card(run_dir, repo_id=REPO))
+    assert seen == ["PROMPT_TUNING"]
+    assert hub.GENERATION_FIX_INSTALL in on
+    for code in _use_it_blocks(on):
+        compile(code, "snippet", "exec")
+        lines = code.splitlines()
+        assert "from hf_tsprompt.generation import fix_generate" in lines
+        made = next(i for i, line in enumerate(lines) if line.startswith("model = "))
+        assert lines[made + 1] == "fix_generate(model)"
