@@ -125,8 +125,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_card(args: argparse.Namespace) -> int:
     from .hub import save_model_card
 
-    print(save_model_card(args.run_dir, args.repo_id))
+    print(save_model_card(args.run_dir, args.repo_id, base_model=args.base_model))
     return 0
+
+
+_BASE_MODEL_HELP = (
+    "the base model's Hub id, for a run trained on a local folder that names none (or set "
+    "model.hub_id in the recipe); embedded models, Hub ids and HF cache folders need none"
+)
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
@@ -139,6 +145,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
         token=args.token,
         revision=args.revision,
         commit_message=args.message,
+        base_model=args.base_model,
+        private_base=args.private_base,
     )
     print(url)
     return 0
@@ -354,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("card", help="(re)render the model card README.md of a run folder")
     p.add_argument("run_dir")
     p.add_argument("--repo-id", default=None, help="repo id used in the loading snippet")
+    p.add_argument("--base-model", default=None, metavar="ORG/NAME", help=_BASE_MODEL_HELP)
     p.set_defaults(func=_cmd_card)
 
     p = sub.add_parser(
@@ -369,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     p.add_argument("--token", default=None, help="Hub token (prefer HF_TOKEN or hf auth login)")
     p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--base-model", default=None, metavar="ORG/NAME", help=_BASE_MODEL_HELP)
+    p.add_argument(
+        "--private-base",
+        action="store_true",
+        help="publish although the base model has no Hub id: the card says the base model is "
+        "private and has no runnable snippet",
+    )
     p.set_defaults(func=_cmd_push)
     return parser
 

@@ -106,38 +106,65 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 
 @contextlib.contextmanager
 def file_lock(
-    path: str | os.PathLike, *, blocking: bool = True, record_pid: bool = False
+    path: str | os.PathLike,
+    *,
+    blocking: bool = True,
+    record_pid: bool = False,
+    remove: bool = False,
 ) -> Iterator[bool]:
     """Hold an exclusive advisory lock on ``path`` (created if missing) for the block; yields
     whether it was acquired (always True when ``blocking``; False when another holder has it).
 
     The lock belongs to the open file, so the OS drops it when the holder exits in any way,
-    SIGKILL included: a crashed process never leaves a stale lock. Two ``file_lock`` blocks on
-    one path exclude each other also inside one process (each opens the file anew).
-    ``record_pid`` writes this process's id into the file once the lock is held, so that
-    :func:`lock_holder` can name the holder in an error message. Where :data:`FILE_LOCKS` is
-    False the block runs unlocked and True is yielded. The lock file itself is left in place:
-    deleting it would let a waiter lock a file that a newcomer no longer sees.
+    SIGKILL included: a crashed process never leaves a held lock (``remove`` aside, the file
+    stays). Two ``file_lock`` blocks on one path exclude each other also inside one process
+    (each opens the file anew). ``record_pid`` writes this process's id into the file once the
+    lock is held, so that :func:`lock_holder` can name the holder in an error message. Where
+    :data:`FILE_LOCKS` is False the block runs unlocked and True is yielded.
+
+    ``remove`` deletes the lock file when the block ends (a finished run folder keeps no
+    ``.lock``). It is deleted while still locked, and every acquirer checks after locking that
+    the file it locked is still the one at ``path`` (else it opens the path anew): a waiter
+    that had opened the removed file can therefore never hold a lock that a newcomer, who
+    creates a fresh file, does not see.
     """
     if fcntl is None:
         yield True
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
+            os.close(fd)
             yield False
             return
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # locked a file its holder removed: lock the one at the path now
+    try:
+        if record_pid:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        yield True
+    finally:
         try:
-            if record_pid:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
-            yield True
+            if remove:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+            os.close(fd)
+
+
+def _same_file(fd: int, path: str | os.PathLike) -> bool:
+    """Whether the open file ``fd`` is the file now at ``path``."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
 
 
 def lock_holder(path: str | os.PathLike) -> str | None:

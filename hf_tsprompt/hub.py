@@ -8,51 +8,66 @@
   ``pipeline_tag: text-generation``, the tags ``transformers`` and
   ``base_model:adapter:<base id>`` that link the adapter to its base on the Hub), plus
   ``datasets``, ``license``, ``model-index``. Strings from datasets, recipes and model names only
-  enter the YAML through that serialiser (never pasted into YAML text). Without a ``repo_id``
-  the card's snippet loads the adapter by its path relative to the card (``adapter``), so a run
-  folder can be moved or shared without naming the machine it was trained on.
+  enter the YAML through that serialiser (never pasted into YAML text). The title, tags, settings
+  table and captions say what ran: the regulariser and prompt method of the run's recipe (a run
+  with regulariser ``none`` is a plain prompt-tuning run), epochs and steps from the trainer
+  state, training and test accuracy each named. The snippets need transformers and peft only.
+  Without a ``repo_id`` the card's snippet loads the adapter by its path relative to the card
+  (``adapter``), so a run folder can be moved or shared without naming the machine it was
+  trained on.
+- :func:`base_model_id` names the base model by its Hub id (``push --base-model``, the
+  recipe's ``model.hub_id``, what the run recorded, an embedded model's id, an HF cache
+  snapshot's repo id); never by a local folder's name or a snapshot's commit hash.
 - :func:`push_to_hub` uploads the adapter (at the repo root, so plain
-  ``PeftModel.from_pretrained(base, repo_id)`` works), the card, the figures and the barcode
-  records in ONE commit. ``PeftModel.push_to_hub`` is not used: it goes through transformers'
-  ``push_to_hub``, which replaces the README with a generic card. The client drops files whose
-  content the Hub already has, so pushing the same run again uploads nothing and commits
-  nothing. A failed push leaves the remote repo as it was (a commit is atomic, and a repo or
-  branch the push created is deleted again) and never touches a local file.
+  ``PeftModel.from_pretrained(base, repo_id)`` works), the card, the figures the card shows and
+  the barcode records in ONE commit. What it uploads names no file of this machine: the
+  adapter config's model fields hold the base model's Hub id, ``run.json`` and ``recipe.yaml``
+  name the base by its id and local data by its folder's name, any other path of the run folder,
+  home, temporary or cache folders is replaced, and a last scan refuses the push if one is left.
+  Without a known Hub id for the base, push refuses (say ``base_model=``) unless
+  ``private_base=True`` publishes a card that says the base is private, with no snippet.
+  ``PeftModel.push_to_hub`` is not used: it goes through transformers' ``push_to_hub``, which
+  replaces the README with a generic card. The client drops files whose content the Hub already
+  has, so pushing the same run again uploads nothing and commits nothing. A failed push leaves
+  the remote repo as it was (a commit is atomic, and a repo or branch the push created is deleted
+  again) and never touches a local file.
 - :func:`load_adapter` loads base + adapter from a repo, the base named by its card.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
+import re
+import socket
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .errors import HubError, MissingFileError, RunFolderError
+from .errors import ConfigError, HubError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_text, read_json_dict
 from .metrics import (
     EVOLUTION_TABLE_KEYS,
     FIG_ACCURACY,
     FIG_BARCODES,
     FIG_DIAGRAMS,
-    FIG_ENTROPY,
-    FIG_EVOLUTION,
     FIG_HEATMAPS,
     FIG_LOSS,
-    FIG_PCA,
-    FIG_TOPOLOGY_CURVES,
+    FIGURES,
     SUMMARY_TABLE_KEYS,
     FigureSpec,
     format_number,
     format_value,
     metric_label,
 )
-from .models import load_base_model
+from .models import EMBEDDED_MODELS, default_cache_dir, hub_id_from_path, is_hub_id, load_base_model
 from .prompts import get_prompt_method, method_of, prompt_method_names
-from .records import evolution_stats, read_records
-from .regularizers import FIELD_PARAMS, WEIGHT
+from .records import evolution_stats, read_records, snapshot_accuracy_set
+from .regularizers import DEFAULT_REGULARIZER, WEIGHT, get_regularizer
 from .runs import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_FILES,
@@ -67,6 +82,7 @@ from .runs import (
     find_adapter,
     read_recipe_text,
     read_run,
+    trainer_state_file,
 )
 
 __all__ = [
@@ -75,6 +91,7 @@ __all__ = [
     "PUSHED_FILES",
     "PUSHED_GLOBS",
     "TOPOLOGY_ROWS",
+    "base_model_id",
     "build_model_card",
     "card_template",
     "load_adapter",
@@ -84,18 +101,10 @@ __all__ = [
 ]
 
 CARD_TEMPLATE = "adapter_card.md.jinja"
-#: The figures the card embeds (those the run folder has), captioned as in the report.
-CARD_FIGURES: tuple[FigureSpec, ...] = (
-    FIG_BARCODES,
-    FIG_DIAGRAMS,
-    FIG_TOPOLOGY_CURVES,
-    FIG_ENTROPY,
-    FIG_EVOLUTION,
-    FIG_LOSS,
-    FIG_ACCURACY,
-    FIG_HEATMAPS,
-    FIG_PCA,
-)
+#: The figures the card shows (those the run folder has), captioned as in the report: every
+#: figure hf_tsprompt.plots writes. Push uploads these and no other image, so every uploaded
+#: figure is shown on the card.
+CARD_FIGURES: tuple[FigureSpec, ...] = FIGURES
 
 #: (label, key) of the card's start / end topology table, the report's table.
 TOPOLOGY_ROWS: tuple[tuple[str, str], ...] = tuple(
@@ -108,7 +117,10 @@ PUSHED_FILES: tuple[str, ...] = (
     f"{TOPOLOGY_DIR}/{RECORDS_FILE}",
     EXPLAIN_JSON,
 )
-PUSHED_GLOBS: tuple[str, ...] = (f"{FIGURES_DIR}/*.png", f"{EVAL_DIR}/*.json")
+PUSHED_GLOBS: tuple[str, ...] = (f"{EVAL_DIR}/*.json",)
+#: What an adapter's ``tokenizer_name_or_path`` says when the base is private and peft needs
+#: a value (TEXT init: peft's config refuses an empty one, and reads it only to initialise).
+PRIVATE_BASE_NAME = "private-base-model"
 
 
 def card_template() -> str:
@@ -147,9 +159,63 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
     method = method_of(adapter_cfg, missing_ok=True)
     info.setdefault("method", method.name if method is not None else "prompt_tuning")
     info.setdefault("num_virtual_tokens", adapter_cfg.get("num_virtual_tokens"))
-    info.setdefault("base_model", adapter_cfg.get("base_model_name_or_path") or "unknown")
+    info.setdefault("base_model", adapter_cfg.get("base_model_name_or_path"))
     info.setdefault("name", run_dir.resolve().name)
     return info
+
+
+def base_model_id(run_dir: str | Path, base_model: str | None = None) -> str | None:
+    """The base model's Hub id for a run folder's card and push, or None when none is known.
+
+    In order: ``base_model`` (``push --base-model``), the recipe's ``model.hub_id``, the id the
+    run recorded (``run.json``), what the recipe's model names (an embedded model's id, an HF
+    cache snapshot folder's repo id, a Hub id it was loaded by), the adapter config's model
+    field (a Hub id, or a snapshot folder). A local folder's own name or a snapshot's commit
+    hash is never taken for an id.
+
+    Raises:
+        ConfigError: ``base_model`` is given and is not of the form ``org/name``.
+    """
+    if base_model is not None:
+        if not is_hub_id(base_model):
+            raise ConfigError(
+                f"the base model must be given by its Hub id, 'org/name', got {base_model!r}."
+            )
+        return base_model
+    run_dir = Path(run_dir)
+    recipe, _ = read_recipe_text(run_dir, strict=False)
+    model = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
+    if is_hub_id(model.get("hub_id")):
+        return str(model["hub_id"])
+    info = read_run(run_dir, strict=False)
+    if is_hub_id(info.get("base_model")) and not Path(info["base_model"]).exists():
+        return str(info["base_model"])
+    adapter_cfg: dict[str, Any] = {}
+    with contextlib.suppress(RunFolderError):
+        adapter_cfg = read_json_dict(find_adapter(run_dir) / ADAPTER_CONFIG_FILE)
+    for named in (
+        model.get("name_or_path"),
+        info.get("model_source"),
+        adapter_cfg.get("base_model_name_or_path"),
+    ):
+        found = _hub_id_of_reference(named)
+        if found:
+            return found
+    return None
+
+
+def _hub_id_of_reference(named: Any) -> str | None:
+    """The Hub id a recorded model reference gives (see :func:`base_model_id`), or None."""
+    if not isinstance(named, str) or not named:
+        return None
+    if named.lower() in EMBEDDED_MODELS:
+        return EMBEDDED_MODELS[named.lower()].hub_id
+    found = hub_id_from_path(named)
+    if found:
+        return found
+    if is_hub_id(named) and not Path(named).exists():
+        return named  # loaded from the Hub by this id
+    return None
 
 
 def _fmt(value: Any) -> str:
@@ -168,8 +234,66 @@ def _method_card(method: Any) -> tuple[Any, str]:
     return method, str(method).replace("_", "-")
 
 
-def _training_rows(info: dict[str, Any], recipe: dict[str, Any]) -> list[tuple[str, str]]:
-    ts = recipe.get("ts") or {}
+def _ts_settings(recipe: dict[str, Any], ts: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The run's regulariser settings (the recipe's ``ts:`` section; for a folder without a
+    recipe, those the caller passes, e.g. a Trainer's ``ts_*`` fields), None when unknown."""
+    if recipe:
+        section = recipe.get("ts")
+        return dict(section) if isinstance(section, dict) else {}
+    return dict(ts) if ts is not None else None
+
+
+def _regularizer(settings: dict[str, Any] | None) -> str | None:
+    """The regulariser the run trained with (``none``: cross-entropy only), None if unknown."""
+    if settings is None:
+        return None
+    return str(settings.get("regularizer", DEFAULT_REGULARIZER))
+
+
+def _regularizer_label(regularizer: str | None) -> str:
+    """How the title and the commit message name the run's loss."""
+    if regularizer is None:
+        return "regulariser not recorded"
+    if regularizer == "none":
+        return "cross-entropy only"
+    return "TSLoss" if regularizer == "tsloss" else f"{regularizer} regulariser"
+
+
+def _regularizer_rows(settings: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The settings table's regulariser rows: its name, and for an active one its weight and
+    its own declared parameters (read from the recipe as written; a regulariser this process
+    has not registered shows its ``ts.params``)."""
+    regularizer = _regularizer(settings)
+    if settings is None or regularizer is None:
+        return [("regulariser", "not recorded")]
+    if regularizer == "none":
+        return [("regulariser", "none (cross-entropy only)")]
+    rows = [("regulariser", regularizer)]
+    if WEIGHT.name in settings:
+        rows.append((f"ts_{WEIGHT.name} ({WEIGHT.symbol})", _fmt(settings[WEIGHT.name])))
+    params = settings.get("params") if isinstance(settings.get("params"), dict) else {}
+    declared: list[str] = []
+    with contextlib.suppress(ConfigError):
+        declared = [p.name for p in get_regularizer(regularizer).params]
+    for name in declared:
+        if name in settings:
+            rows.append((f"ts_{name} ({name})", _fmt(settings[name])))
+    for key, value in params.items():
+        rows.append((f"ts_params.{key}", _fmt(value)))
+    return rows
+
+
+def _trainer_state(run_dir: Path) -> dict[str, Any]:
+    file = trainer_state_file(run_dir)
+    return read_json_dict(file) if file is not None else {}
+
+
+def _training_rows(
+    run_dir: Path,
+    info: dict[str, Any],
+    recipe: dict[str, Any],
+    settings: dict[str, Any] | None,
+) -> list[tuple[str, str]]:
     peft = recipe.get("peft") or {}
     data = recipe.get("data") or {}
     training = info.get("training") or {}
@@ -181,18 +305,10 @@ def _training_rows(info: dict[str, Any], recipe: dict[str, Any]) -> list[tuple[s
             _fmt(peft.get("init"))
             + (f", std {peft['init_std']}" if peft.get("init") == "normal" else ""),
         ),
-        ("regulariser", _fmt(ts.get("regularizer"))),
+        *_regularizer_rows(settings),
     ]
-    # The declared ts keys, labelled by their config field (lambda_ts also by its symbol);
-    # then the parameters of a registered regulariser, read from the recipe as written (the
-    # process that renders the card need not have registered it).
-    for param in (WEIGHT, *FIELD_PARAMS):
-        if param.name in ts:
-            symbol = param.symbol if param is WEIGHT else param.name
-            rows.append((f"ts_{param.name} ({symbol})", _fmt(ts[param.name])))
-    params = ts.get("params")
-    for key, value in params.items() if isinstance(params, dict) else ():
-        rows.append((f"ts_params.{key}", _fmt(value)))
+    # The optimiser's settings; how long it ran comes from the trainer state below, not from
+    # num_train_epochs / max_steps (TrainingArguments' 3 epochs when max_steps decides).
     for key in (
         "optim",
         "learning_rate",
@@ -202,14 +318,16 @@ def _training_rows(info: dict[str, Any], recipe: dict[str, Any]) -> list[tuple[s
         "gradient_accumulation_steps",
         "lr_scheduler_type",
         "warmup_steps",
-        "num_train_epochs",
-        "max_steps",
         "seed",
     ):
         if training.get(key) is not None:
             rows.append((key, _fmt(training[key])))
-    if info.get("global_step") is not None:
-        rows.append(("optimiser steps", _fmt(info["global_step"])))
+    state = _trainer_state(run_dir)
+    steps = state.get("global_step", info.get("global_step"))
+    if steps is not None:
+        rows.append(("optimiser steps", _fmt(steps)))
+    if state.get("epoch") is not None:
+        rows.append(("epochs", _fmt(round(float(state["epoch"]), 2))))
     if info.get("task"):
         task = info["task"] + (f" ({info['task_config']})" if info.get("task_config") else "")
         rows.append(
@@ -258,10 +376,70 @@ def _evolution_rows(run_dir: Path) -> tuple[list[tuple[str, str, str]], int]:
     return rows, next(iter(stats.values()))["intervals"] if stats else 0
 
 
-def build_model_card(run_dir: str | Path, repo_id: str | None = None):
+def _dataset_id(info: dict[str, Any]) -> str | None:
+    """The Hub dataset id the card names (``datasets:``, the model-index), or None: the one
+    place the card reads it. The pipeline records the task's ``hub_id`` (None for a task
+    without one, e.g. the user's own files): then the card names no dataset."""
+    dataset_id = info.get("dataset_hub_id")
+    return str(dataset_id) if dataset_id else None
+
+
+def _generation_fix(peft_type: str | None) -> bool:
+    """Whether the card's snippets call ``hf_tsprompt.generation.fix_generate(model)`` (and
+    show :data:`GENERATION_FIX_INSTALL`): THE ONE SWITCH for it, given the adapter's peft
+    type (``PROMPT_TUNING``, ...). False: the snippets need transformers and peft only. Where
+    peft's own ``generate`` is wrong for a peft type, this becomes
+    ``hf_tsprompt.generation.needs_fix(peft_type)``; the template already has the lines."""
+    del peft_type
+    return False
+
+
+#: The install line the card shows when :func:`_generation_fix` is on (hf-tsprompt is on no
+#: package index yet: set this to a line that works before switching the fix on).
+GENERATION_FIX_INSTALL = "pip install hf-tsprompt"
+
+
+def _snapshot_accuracy(run_dir: Path) -> tuple[str | None, Any, Any]:
+    """(set, step, accuracy) of the last snapshot with an accuracy: which examples it was
+    measured on (:func:`hf_tsprompt.records.snapshot_accuracy_set`)."""
+    with contextlib.suppress(Exception):
+        for record in reversed(read_records(run_dir)):
+            if record.get("accuracy") is not None:
+                return snapshot_accuracy_set(record), record["step"], record["accuracy"]
+    return None, None, None
+
+
+def _figure_note(spec: FigureSpec, regularizer: str | None, acc_set: str | None) -> str:
+    """What this run's figure shows beyond its caption (the report's), or ``""``: which
+    examples the panels' accuracy is on, and what the loss was made of."""
+    on = {"train": "the training examples", "test": "test examples"}.get(acc_set or "")
+    if spec in (FIG_BARCODES, FIG_DIAGRAMS, FIG_HEATMAPS) and on:
+        return f"each panel's accuracy is measured on {on}"
+    if spec == FIG_ACCURACY and on:
+        return f"the snapshots' accuracy is measured on {on}"
+    if spec == FIG_LOSS:
+        return {
+            "none": "cross-entropy only, no regulariser",
+            "tsloss": "L_total = L_ce + λ_ts·L_ts: the cross-entropy plus TSLoss's L_ts",
+            None: "",
+        }.get(regularizer, f"the cross-entropy plus the {regularizer} regulariser")
+    return ""
+
+
+def build_model_card(
+    run_dir: str | Path,
+    repo_id: str | None = None,
+    *,
+    base_model: str | None = None,
+    ts: Mapping[str, Any] | None = None,
+):
     """The model card of a run folder, as a ``huggingface_hub.ModelCard``.
 
     ``repo_id`` goes into the loading snippet; without it the snippet loads the local adapter.
+    ``base_model``: the base model's Hub id when the run folder does not know it
+    (:func:`base_model_id`); with none known, the card says the base is private and has no
+    snippet. ``ts``: the regulariser settings of a folder without ``recipe.yaml`` (a Trainer's
+    output_dir; the Trainer's ``push_to_hub`` passes its ``ts_*`` fields).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -272,42 +450,43 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
     recipe, _ = read_recipe_text(run_dir, strict=False)
     method = info.get("method", "prompt_tuning")
     method_name, method_tag = _method_card(method)
-    base_model = str(info.get("base_model"))
-    dataset_id = info.get("dataset_hub_id")
-    regularizer = (recipe.get("ts") or {}).get("regularizer", "tsloss")
+    base_id = base_model_id(run_dir, base_model)
+    dataset_id = _dataset_id(info)
+    settings = _ts_settings(recipe, ts)
+    regularizer = _regularizer(settings)
     tags = [
         "peft",
         "transformers",
         "prompt-tuning",
         method_tag,
-        "tsloss",
+        *(["tsloss"] if regularizer == "tsloss" else []),
         "topological-data-analysis",
         "hf-tsprompt",
     ]
-    if base_model != "unknown":
+    if base_id:
         # peft's tag: the Hub lists the adapter under its base model's "Adapters" with it.
-        tags.append(f"base_model:adapter:{base_model}")
+        tags.append(f"base_model:adapter:{base_id}")
     tags = list(dict.fromkeys(tags))
     eval_results = None
     if info.get("accuracy_after") is not None and dataset_id:
         eval_results = [
             EvalResult(
                 task_type="text-generation",
-                dataset_type=str(dataset_id),
+                dataset_type=dataset_id,
                 dataset_name=str(info.get("task") or dataset_id),
                 dataset_config=info.get("task_config"),
                 dataset_split="test",
                 metric_type="accuracy",
-                metric_name=f"accuracy ({info.get('test_size')} examples, greedy)",
+                metric_name=f"test accuracy ({info.get('test_size')} examples, greedy)",
                 metric_value=round(100 * float(info["accuracy_after"]), 2),
             )
         ]
     card_data = ModelCardData(
-        base_model=base_model,
+        base_model=base_id,
         library_name="peft",
         pipeline_tag="text-generation",
         tags=tags,
-        datasets=[str(dataset_id)] if dataset_id else None,
+        datasets=[dataset_id] if dataset_id else None,
         license=info.get("license") or None,
         model_name=str(info.get("name")),
         eval_results=eval_results,
@@ -315,8 +494,9 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
     # A local card names the adapter relative to itself (README.md is at the run folder's root),
     # never by the absolute path of the machine it was rendered on.
     adapter_ref = repo_id or find_adapter(run_dir).relative_to(run_dir).as_posix()
+    acc_set, acc_step, acc_value = _snapshot_accuracy(run_dir)
     figures = [
-        (spec.caption, f"{FIGURES_DIR}/{spec.file}")
+        (spec.caption, _figure_note(spec, regularizer, acc_set), f"{FIGURES_DIR}/{spec.file}")
         for spec in CARD_FIGURES
         if (run_dir / FIGURES_DIR / spec.file).is_file()
     ]
@@ -329,11 +509,38 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
             "dequantized to float32); the Hub checkpoint's weights differ slightly from it."
         )
     max_new_tokens = (recipe.get("evaluation") or {}).get("max_new_tokens", 256)
+    accuracy_rows = [
+        (metric_label(key), format_value(key, info.get(key)))
+        for key in ("accuracy_before", "accuracy_after")
+    ]
+    if acc_set == "train":
+        accuracy_rows.append(
+            (
+                f"{metric_label('train_accuracy')} at the last snapshot (step {acc_step}, "
+                f"{info.get('train_size', '?')} training examples)",
+                format_value("train_accuracy", acc_value),
+            )
+        )
+    results_intro = (
+        f"Greedy decoding on {info.get('test_size', '?')} held-out test examples: the base "
+        "model before training, then with this soft prompt."
+    )
+    if acc_set == "train":
+        results_intro += (
+            " The training accuracy is measured on the examples the prompt was trained on."
+        )
+    short_method = str(method_name).split(" (")[0]
+    base_label = base_id or "a private base model"
+    peft_type = read_json_dict(find_adapter(run_dir) / ADAPTER_CONFIG_FILE).get("peft_type")
+    generation_fix = _generation_fix(peft_type if isinstance(peft_type, str) else None)
     context = {
-        "title": _inline(f"{info.get('name')}: a TSLoss soft prompt for {base_model}"),
+        "title": _inline(
+            f"{info.get('name')}: a soft prompt for {base_label} "
+            f"({short_method}, {_regularizer_label(regularizer)})"
+        ),
         # Both go between double quotes in the Python snippet (and base_model in a link).
-        "base_model": _py_str(base_model),
-        "base_model_url": f"https://huggingface.co/{quote(base_model, safe='/')}",
+        "base_model": _py_str(base_id) if base_id else None,
+        "base_model_url": f"https://huggingface.co/{quote(base_id, safe='/')}" if base_id else "",
         "num_virtual_tokens": info.get("num_virtual_tokens"),
         "method_name": method_name,
         "dataset_name": _inline(
@@ -352,12 +559,11 @@ def build_model_card(run_dir: str | Path, repo_id: str | None = None):
         "max_new_tokens": max_new_tokens if type(max_new_tokens) is int else 256,
         "base_note": base_note,
         "prefix_method": method in ("prefix_tuning", "p_tuning_v2"),
-        "test_size": info.get("test_size", "?"),
-        "accuracy_rows": [
-            (metric_label(key), format_value(key, info.get(key)))
-            for key in ("accuracy_before", "accuracy_after")
-        ],
-        "training_rows": _training_rows(info, recipe),
+        "generation_fix": generation_fix,
+        "generation_fix_install": GENERATION_FIX_INSTALL,
+        "results_intro": results_intro,
+        "accuracy_rows": accuracy_rows,
+        "training_rows": _training_rows(run_dir, info, recipe, settings),
         "topology_rows": _topology_rows(info),
         "evolution_rows": evolution_rows,
         "evolution_intervals": evolution_intervals,
@@ -383,9 +589,11 @@ def _py_str(text: str) -> str:
     return json.dumps(str(text))[1:-1].replace("`", "\\u0060")
 
 
-def save_model_card(run_dir: str | Path, repo_id: str | None = None) -> Path:
+def save_model_card(
+    run_dir: str | Path, repo_id: str | None = None, *, base_model: str | None = None
+) -> Path:
     """Render the card into ``<run>/README.md`` (atomically) and return its path."""
-    card = build_model_card(run_dir, repo_id)
+    card = build_model_card(run_dir, repo_id, base_model=base_model)
     return atomic_write_text(Path(run_dir) / CARD_FILE, str(card))
 
 
@@ -407,10 +615,193 @@ def _upload_plan(run_dir: Path) -> dict[str, Path]:
     for rel in PUSHED_FILES:
         if (run_dir / rel).is_file():
             plan[rel] = run_dir / rel
+    for spec in CARD_FIGURES:  # the figures the card shows, and no other image
+        if (run_dir / FIGURES_DIR / spec.file).is_file():
+            plan[f"{FIGURES_DIR}/{spec.file}"] = run_dir / FIGURES_DIR / spec.file
     for pattern in PUSHED_GLOBS:
         for path in sorted(run_dir.glob(pattern)):
             plan[path.relative_to(run_dir).as_posix()] = path
     return plan
+
+
+# --- what is published names no file of this machine -------------------------------------
+
+_TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt")
+
+
+def _machine_paths(run_dir: Path, extra: list[Any], output_dir: Any) -> list[tuple[str, str]]:
+    """``(path, replacement)`` of this machine's folders that a published file must not name,
+    longest first: the run folder (``.``; also where it was written, if it moved since), the
+    folders the run read (by their name), the HF, embedded-model and temporary caches, the
+    home folder."""
+    from huggingface_hub import constants
+
+    pairs: list[tuple[str, str]] = []
+
+    def add(path: Any, replacement: str) -> None:
+        if not path:
+            return
+        for form in {str(path), str(Path(path).expanduser().resolve())}:
+            # "/" or a one-letter root would match everything: never a pattern.
+            if Path(form).is_absolute() and len(form.rstrip("/\\")) > 3:
+                pairs.append((form.rstrip("/\\"), replacement))
+
+    add(run_dir.absolute(), ".")
+    if isinstance(output_dir, str) and Path(output_dir).is_absolute():
+        add(output_dir, ".")
+    for path in extra:
+        if isinstance(path, str) and Path(path).is_absolute():
+            add(path, f"./{Path(path).name}")
+    add(constants.HF_HUB_CACHE, "<hf-cache>")
+    add(constants.HF_HOME, "<hf-home>")
+    add(default_cache_dir(), "<cache>")
+    add(tempfile.gettempdir(), "<tmp>")
+    add(Path.home(), "~")
+    return sorted(set(pairs), key=lambda pair: -len(pair[0]))
+
+
+def _path_pattern(path: str) -> re.Pattern[str]:
+    """``path`` where it ends at a path boundary (``/tmp``, not ``/tmpfoo``)."""
+    return re.compile(re.escape(path) + r"(?![A-Za-z0-9._-])")
+
+
+def _replace_paths(text: str, pairs: list[tuple[str, str]]) -> str:
+    for path, replacement in pairs:
+        text = _path_pattern(path).sub(replacement, text)
+    return text
+
+
+def _public_reference(value: Any) -> Any:
+    """A recorded model or data reference as published: a local path by its folder's name
+    (``./gsm8k``, relative to the file: a reader sees what it was, and loading the recipe says
+    the folder is missing), anything else (a Hub id, an embedded name) as it is."""
+    if isinstance(value, str) and (Path(value).is_absolute() or value.startswith(("~", "."))):
+        return f"./{Path(value).name}"
+    return value
+
+
+def _public_adapter_config(data: dict[str, Any], base_id: str | None) -> dict[str, Any]:
+    """peft's fields that must hold a model name hold the base model's Hub id (None, or for
+    TEXT init's tokenizer a placeholder peft accepts, when the base is private)."""
+    data["base_model_name_or_path"] = base_id
+    if data.get("tokenizer_name_or_path") is not None:
+        data["tokenizer_name_or_path"] = base_id or PRIVATE_BASE_NAME
+    return data
+
+
+def _public_run(data: dict[str, Any], base_id: str | None) -> dict[str, Any]:
+    data["base_model"] = base_id
+    if data.get("model_source") is not None:
+        data["model_source"] = base_id or _public_reference(data["model_source"])
+    if data.get("dataset_source") is not None:
+        data["dataset_source"] = _public_reference(data["dataset_source"])
+    return data
+
+
+_RECIPE_HEADER = (
+    "# The recipe of this run, published: model.name_or_path is the base model's Hub id, a\n"
+    "# local data.source is named by its folder (relative to this file), output_dir is left out.\n"
+)
+
+
+def _public_recipe(text: str, base_id: str | None) -> str:
+    import yaml
+
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        return text
+    data.pop("output_dir", None)
+    model = data.get("model")
+    if isinstance(model, dict):
+        if base_id:
+            model["name_or_path"] = base_id
+            model.pop("hub_id", None)
+        else:
+            model["name_or_path"] = _public_reference(model.get("name_or_path"))
+    source = (data.get("data") or {}).get("source") if isinstance(data.get("data"), dict) else None
+    if source is not None:
+        data["data"]["source"] = _public_reference(source)
+    return _RECIPE_HEADER + yaml.safe_dump(data, sort_keys=False)
+
+
+def _public_file(rel: str, path: Path, base_id: str | None, pairs: list[tuple[str, str]]) -> Any:
+    """What is uploaded for ``rel``: the file itself (binary), or its text as published."""
+    if rel == ADAPTER_CONFIG_FILE:
+        data = _public_adapter_config(read_json_dict(path), base_id)
+        # peft's own layout of adapter_config.json (PeftConfig.save_pretrained).
+        text = json.dumps(data, indent=2, sort_keys=True)
+    elif rel == RUN_FILE:
+        text = json.dumps(_public_run(read_json_dict(path), base_id), indent=2)
+    elif rel == RECIPE_FILE:
+        text = _public_recipe(path.read_text(encoding="utf-8"), base_id)
+    elif path.suffix in _TEXT_SUFFIXES:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    else:
+        return path
+    return _replace_paths(text, pairs).encode("utf-8")
+
+
+def _readable_text(rel: str, content: Any) -> str:
+    """The text of an upload that could name a path: a text file whole, a safetensors file's
+    JSON header, a PNG's text chunks (image data is never scanned: it matches by chance)."""
+    data = content if isinstance(content, bytes) else Path(content).read_bytes()
+    if rel.endswith(".safetensors") and len(data) >= 8:
+        size = int.from_bytes(data[:8], "little")
+        return data[8 : 8 + size].decode("utf-8", "replace")
+    if rel.endswith(".png"):
+        chunks, pos = [], 8
+        while pos + 8 <= len(data):
+            length = int.from_bytes(data[pos : pos + 4], "big")
+            kind = data[pos + 4 : pos + 8]
+            if kind in (b"tEXt", b"iTXt", b"zTXt"):
+                chunks.append(data[pos + 8 : pos + 8 + length].decode("latin-1"))
+            pos += 12 + length
+        return "\n".join(chunks)
+    return data.decode("utf-8", "replace")
+
+
+def _machine_names() -> list[re.Pattern[str]]:
+    """This machine's user name in a home-folder path (``/home/<user>``, ``/Users/<user>``,
+    ``C:\\Users\\<user>``: not alone, since a Hub namespace may be the same word) and its host
+    name as a word, when it is distinctive enough to search for."""
+    patterns = []
+    with contextlib.suppress(Exception):
+        user = re.escape(getpass.getuser())
+        patterns.append(re.compile(rf"(?:/home/|/Users/|\\Users\\){user}(?![A-Za-z0-9._-])"))
+    with contextlib.suppress(Exception):
+        host = socket.gethostname()
+        if len(host) >= 4 and host.lower() not in ("localhost", "localhost.localdomain"):
+            patterns.append(re.compile(rf"(?<![A-Za-z0-9._-]){re.escape(host)}(?![A-Za-z0-9_-])"))
+    return patterns
+
+
+def _check_publishable(uploads: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
+    """Refuse a push whose files still name this machine (a path, the user or the host)."""
+    leaks = []
+    for rel, content in uploads.items():
+        text = _readable_text(rel, content)
+        found = [path for path, _ in pairs if _path_pattern(path).search(text)]
+        found += [m[0] for pattern in _machine_names() if (m := pattern.search(text))]
+        if found:
+            leaks.append(f"{rel} ({', '.join(sorted(set(found)))})")
+    if leaks:
+        raise HubError(
+            "nothing was pushed: these files would publish this machine's paths or names: "
+            + "; ".join(leaks)
+            + ". Remove them from the run folder's files, or report this as a bug."
+        )
+
+
+def _no_base_id(run_dir: Path) -> HubError:
+    return HubError(
+        f"nothing was pushed: the base model of {run_dir} has no known Hub id (it was loaded "
+        "from a local folder that does not name its Hub model), so the card could not link it "
+        "and its snippets could not load it. Name it: `hf-tsprompt push RUN_DIR --repo-id "
+        "USER/NAME --base-model ORG/NAME` (push_to_hub(..., base_model='ORG/NAME')), or set "
+        "model.hub_id in the recipe before training. If the base model is not on the Hub, "
+        "pass --private-base (private_base=True) to publish a card that says so, with no "
+        "runnable snippet."
+    )
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -453,17 +844,29 @@ def push_to_hub(
     token: str | None = None,
     revision: str | None = None,
     commit_message: str | None = None,
+    base_model: str | None = None,
+    private_base: bool = False,
+    ts: Mapping[str, Any] | None = None,
 ) -> str:
     """Upload a run folder to ``repo_id`` in one commit and return the commit URL.
 
     Uploads the adapter files (repo root), ``README.md`` (the card, rendered for ``repo_id``),
-    ``figures/*.png``, ``topology/records.jsonl``, ``run.json``, ``recipe.yaml`` and
-    ``eval/*.json``. Unchanged files are not uploaded; if nothing changed, no commit is made
+    the figures the card shows, ``topology/records.jsonl``, ``run.json``, ``recipe.yaml``,
+    ``explain.json`` and ``eval/*.json``, as published: no file names this machine (see the
+    module docstring). Unchanged files are not uploaded; if nothing changed, no commit is made
     and the URL of the current head commit is returned.
+
+    ``base_model``: the base model's Hub id, for a run whose base was a local folder that does
+    not name one (:func:`base_model_id`). ``private_base``: publish anyway when no id is known:
+    the card says the base model is private and has no snippet. ``ts``: the regulariser settings
+    of a folder without ``recipe.yaml`` (see :func:`build_model_card`).
 
     Raises:
         MissingFileError / RunFolderError: no such run folder, or no complete adapter in it.
-        HubError: authentication, network or server failure (the remote repo is unchanged).
+        ConfigError: ``base_model`` is not of the form ``org/name``.
+        HubError: no Hub id for the base model (and not ``private_base``), a file that would
+            still name this machine, or authentication, network or server failure (the remote
+            repo is unchanged).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -473,15 +876,39 @@ def push_to_hub(
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise HubError(f"repo_id must look like 'user/name', got {repo_id!r}; nothing was pushed.")
     plan = _upload_plan(run_dir)
-    card = str(build_model_card(run_dir, repo_id)).encode("utf-8")
-    ops = [CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card)]
-    ops += [
-        CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path))
-        for rel, path in plan.items()
+    base_id = base_model_id(run_dir, base_model)
+    if base_id is None and not private_base:
+        raise _no_base_id(run_dir)
+    info = run_info(run_dir)
+    recipe, _ = read_recipe_text(run_dir, strict=False)
+    model = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
+    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+    pairs = _machine_paths(
+        run_dir,
+        [
+            info.get("model_source"),
+            info.get("dataset_source"),
+            model.get("name_or_path"),
+            data.get("source"),
+        ],
+        recipe.get("output_dir"),
+    )
+    card = build_model_card(run_dir, repo_id, base_model=base_id, ts=ts)
+    uploads: dict[str, Any] = {CARD_FILE: str(card).encode("utf-8")}
+    uploads.update({rel: _public_file(rel, path, base_id, pairs) for rel, path in plan.items()})
+    _check_publishable(uploads, pairs)
+    ops = [
+        CommitOperationAdd(
+            path_in_repo=rel,
+            path_or_fileobj=content if isinstance(content, bytes) else str(content),
+        )
+        for rel, content in uploads.items()
     ]
     api = HfApi(token=token)
-    info = run_info(run_dir)
-    message = commit_message or f"hf-tsprompt: {info.get('name')} ({info.get('method')}, TSLoss)"
+    regularizer = _regularizer(_ts_settings(recipe, ts))
+    message = commit_message or (
+        f"hf-tsprompt: {info.get('name')} ({info.get('method')}, {_regularizer_label(regularizer)})"
+    )
     created_repo = created_branch = False
     try:
         created_repo = _create_repo(api, repo_id, private, token)

@@ -357,7 +357,7 @@ FIG_EVOLUTION = FigureSpec(
 FIG_HEATMAPS = FigureSpec("heatmaps.png", "Pairwise distances between prompt vectors", "Fig. 7")
 FIG_PCA = FigureSpec("pca.png", "Prompt vectors over training, PCA", "Fig. 8")
 FIG_TSNE = FigureSpec("tsne.png", "Prompt vectors over training, t-SNE", "Fig. 9")
-FIG_LOSS = FigureSpec("loss.png", "Total, cross-entropy and TS loss over training", "Figs. 4, 5")
+FIG_LOSS = FigureSpec("loss.png", "Training loss and its parts over training", "Figs. 4, 5")
 FIG_ACCURACY = FigureSpec("accuracy.png", "Accuracy at the topology snapshots", "Tables II, IV")
 
 #: Every figure :mod:`hf_tsprompt.plots` writes, in the order :func:`~hf_tsprompt.plots.plot_run`

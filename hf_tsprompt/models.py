@@ -47,6 +47,8 @@ __all__ = [
     "EmbeddedModel",
     "LoadedModel",
     "default_cache_dir",
+    "hub_id_from_path",
+    "is_hub_id",
     "list_embedded_models",
     "load_base_model",
     "prepare_embedded_model",
@@ -85,17 +87,51 @@ class LoadedModel:
 
     model: Any
     tokenizer: Any
-    hub_id: str
+    hub_id: str | None
+    """The base model's Hub id (what adapters and cards record); None for a local folder
+    that does not say which Hub model it is (:func:`resolve_model_name`)."""
     license: str | None
     source: Path
 
 
-def resolve_model_name(name_or_path: str | os.PathLike[str] | EmbeddedModel) -> str:
-    """The Hub id a model card or adapter should record as the base model.
+def is_hub_id(text: Any) -> bool:
+    """Whether ``text`` has the form of a Hub model id, ``org/name`` (a local path may too:
+    callers that can tell check that no such path exists)."""
+    return isinstance(text, str) and bool(_HUB_ID.fullmatch(text))
 
-    Embedded names give their upstream Hub id; a local folder gives the id in its conversion
-    manifest, else ``_name_or_path`` from its ``config.json`` when that looks like a Hub id, else
-    the folder's name; a Hub id is returned unchanged.
+
+def hub_id_from_path(path: str | os.PathLike[str]) -> str | None:
+    """The Hub id of a model folder, or None when the folder does not tell.
+
+    In order: the HF cache layout (``.../models--org--name/snapshots/<revision>``, read from the
+    path alone, as huggingface_hub's cache scan reads it), the conversion manifest of an
+    embedded model, ``_name_or_path`` in its ``config.json`` when that is a Hub id and no such
+    local path exists. A folder's own name or a snapshot's commit hash is never taken for one.
+    """
+    folder = Path(path)
+    parts = folder.parts
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            candidate = part.removeprefix("models--").replace("--", "/")
+            if is_hub_id(candidate):
+                return candidate
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    if manifest and is_hub_id(manifest.get("hub_id")):
+        return manifest["hub_id"]
+    with contextlib.suppress(OSError, ValueError):
+        recorded = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        candidate = recorded.get("_name_or_path") if isinstance(recorded, dict) else None
+        if is_hub_id(candidate) and not Path(candidate).exists():
+            return candidate
+    return None
+
+
+def resolve_model_name(name_or_path: str | os.PathLike[str] | EmbeddedModel) -> str | None:
+    """The Hub id a model card or adapter should record as the base model, or None.
+
+    Embedded names give their upstream Hub id; a Hub id is returned unchanged; a local folder
+    gives what :func:`hub_id_from_path` reads from it, else None (then a recipe's
+    ``model.hub_id`` or ``hf-tsprompt push --base-model`` names it).
     """
     kind, ref = _resolve_reference(name_or_path)
     if kind == "embedded":
@@ -103,16 +139,7 @@ def resolve_model_name(name_or_path: str | os.PathLike[str] | EmbeddedModel) -> 
         return ref.hub_id
     if kind == "hub":
         return str(ref)
-    folder = Path(ref)
-    manifest = read_manifest(folder)
-    if manifest and isinstance(manifest.get("hub_id"), str):
-        return manifest["hub_id"]
-    with contextlib.suppress(OSError, ValueError):
-        recorded = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        candidate = recorded.get("_name_or_path") if isinstance(recorded, dict) else None
-        if isinstance(candidate, str) and _HUB_ID.match(candidate) and not Path(candidate).exists():
-            return candidate
-    return folder.name
+    return hub_id_from_path(Path(ref))
 
 
 def load_base_model(

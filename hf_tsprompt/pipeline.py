@@ -401,10 +401,16 @@ def _prepare(recipe: Recipe, *, overwrite: bool, resume: bool, log: Log) -> _Pre
     say(f"[hf-tsprompt] loading model {recipe.model.name_or_path} ...")
     set_seed(recipe.seed)
     loaded = load_base_model(recipe.model.name_or_path, dtype=recipe.model.dtype)
+    # The recipe's model.hub_id names a local folder that does not say which Hub model it is.
+    loaded.hub_id = recipe.model.hub_id or loaded.hub_id
     task, train_rows, test_rows = load_data(recipe)
+    base = loaded.hub_id or (
+        f"{loaded.source.name} (a local folder with no Hub id: set model.hub_id in the recipe "
+        "to publish the adapter with a runnable card)"
+    )
     say(
         f"[hf-tsprompt] task {task.name}: {len(train_rows)} training / {len(test_rows)} test "
-        f"examples; base model {loaded.hub_id}"
+        f"examples; base model {base}"
     )
     set_seed(recipe.seed)
     model = get_prompt_model(
@@ -416,8 +422,13 @@ def _prepare(recipe: Recipe, *, overwrite: bool, resume: bool, log: Log) -> _Pre
         init_text=recipe.peft.init_text,
         tokenizer_name_or_path=str(loaded.source),
     )
-    # Adapters and cards record the public id, not this machine's cache folder.
-    model.peft_config[model.active_adapter].base_model_name_or_path = loaded.hub_id
+    # Adapters and cards record the public id, not this machine's folder (peft writes what it
+    # was given; the tokenizer path is read only by TEXT init, which has run by now). Without
+    # a Hub id the local path stays in the run folder, and push rewrites or refuses it.
+    peft_config = model.peft_config[model.active_adapter]
+    peft_config.base_model_name_or_path = loaded.hub_id
+    if loaded.hub_id and getattr(peft_config, "tokenizer_name_or_path", None):
+        peft_config.tokenizer_name_or_path = loaded.hub_id
     train_ds = build_train_dataset(
         loaded.tokenizer, task, train_rows, max_length=recipe.data.max_length
     )

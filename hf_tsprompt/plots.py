@@ -72,8 +72,8 @@ from .metrics import (
     get_metric,
     metric_label,
 )
-from .records import evolution_series, load_prompt, read_records
-from .runs import FIGURES_DIR, TRAINER_STATE_FILE, trainer_state_file
+from .records import evolution_series, load_prompt, read_records, snapshot_accuracy_set
+from .runs import FIGURES_DIR, TRAINER_STATE_FILE, read_recipe_text, trainer_state_file
 
 __all__ = [
     "plot_accuracy",
@@ -191,7 +191,9 @@ def _stage_title(record: dict[str, Any], first: int, last: int) -> str:
     step = record["step"]
     tag = " (initial)" if step == first else " (final)" if step == last else ""
     acc = record.get("accuracy")
-    return f"step {step}{tag}" + (f", acc {acc:.2f}" if acc is not None else "")
+    # Say which examples the accuracy is on: the pipeline's default is the training set.
+    label = {"train": "train acc", "test": "test acc"}.get(snapshot_accuracy_set(record), "acc")
+    return f"step {step}{tag}" + (f", {label} {acc:.2f}" if acc is not None else "")
 
 
 def _figure(n_panels: int, panel: tuple[float, float], max_cols: int = 4) -> tuple[Figure, list]:
@@ -883,7 +885,7 @@ def plot_loss(
                     ax.plot(steps, values, color=color)
             if key == "loss_ts" and positive:
                 ax.set_yscale("log")
-            ax.set_title(metric_label(key))
+            ax.set_title(_loss_panel_title(key, panels, runs))
             _step_axis(ax)
             ax.set_ylabel(get_metric(key).unit)
         if multi:
@@ -891,6 +893,21 @@ def plot_loss(
         name = loaded[0][0] if not multi else f"{len(loaded)} runs"
         fig.suptitle(f"{FIG_LOSS.title}: {name}")
         return [_save(fig, out_dir, FIG_LOSS.file)]
+
+
+def _loss_panel_title(key: str, panels: list[str], runs: list[Path]) -> str:
+    """A loss panel's title, from what the runs trained with: without a regulariser the
+    total is the cross-entropy, and only TSLoss's term is L_ts."""
+    if key == "loss" and "loss_ts" not in panels:
+        return "training loss (cross-entropy; no regulariser logged)"
+    if key == "loss_ts":
+        regs = {
+            (read_recipe_text(run, strict=False)[0].get("ts") or {}).get("regularizer")
+            for run in runs
+        }
+        if regs != {"tsloss"}:
+            return "regulariser loss L_reg (unweighted)"
+    return metric_label(key)
 
 
 def plot_accuracy(
@@ -903,9 +920,16 @@ def plot_accuracy(
     """
     runs = _as_run_list(run_dirs)
     drawn = []
+    tested = False
     figure = FIG_ACCURACY
     for label, color, records in _load_runs(runs, _run_labels(runs, labels), figure.stem):
-        acc = [(r["step"], r["accuracy"]) for r in records if r.get("accuracy") is not None]
+        # A snapshot's accuracy on the training set is drawn once, as the training curve.
+        acc = [
+            (r["step"], r["accuracy"])
+            for r in records
+            if r.get("accuracy") is not None and snapshot_accuracy_set(r) != "train"
+        ]
+        tested = tested or any(snapshot_accuracy_set(r) == "test" for r in records)
         train = [
             (r["step"], r["eval"]["train_accuracy"])
             for r in records
@@ -936,7 +960,8 @@ def plot_accuracy(
             reached = f"100% at step {conv}" if conv is not None else "100% not reached"
             handles.append(Line2D([], [], color=color, marker="o", label=f"{label}: {reached}"))
         if any(acc for _, _, acc, _, _ in drawn):
-            handles.append(_style_handle(metric_label("accuracy"), "-", "o"))
+            label = "test accuracy" if tested else metric_label("accuracy")
+            handles.append(_style_handle(label, "-", "o"))
         if any(train for _, _, _, train, _ in drawn):
             handles.append(_style_handle(metric_label("train_accuracy"), "--", "."))
         if any(conv is not None for *_, conv in drawn):

@@ -5,7 +5,7 @@ A recipe has seven sections, each a dataclass below with documented fields::
     name: smollm2-gsm8k-tsloss        # run name; the run folder is runs/<name> by default
     output_dir: runs/smollm2-gsm8k    # optional
     seed: 0
-    model:      {name_or_path: smollm2-135m-instruct, dtype: float32}
+    model:      {name_or_path: smollm2-135m-instruct, dtype: float32}   # + hub_id: org/name
     data:       {task: gsm8k, source: ../../shared/data/gsm8k, train_size: 10, test_size: 100}
     peft:       {method: prompt_tuning, num_virtual_tokens: 20, init: normal, init_std: 0.02}
     ts:         {regularizer: tsloss, weight: 1.0, tau: 0.1, alpha: 10.0, ...}
@@ -43,6 +43,7 @@ import yaml
 
 from .errors import ConfigError, MissingFileError
 from .hyperparams import Param
+from .models import is_hub_id
 from .prompts import PROMPT_INITS, prompt_method_names, prompt_methods
 from .regularizers import (
     DEFAULT_REGULARIZER,
@@ -89,6 +90,10 @@ class ModelSection:
 
     name_or_path: str = "smollm2-135m-instruct"
     """Hub id, local folder, or an embedded name (``smollm2-135m-instruct``, ``gemma-3-270m``)."""
+    hub_id: str | None = None
+    """The base model's Hub id (``org/name``), recorded in the adapter and on the card, for a
+    local folder that does not say which Hub model it is. Embedded names, Hub ids and HF cache
+    snapshot folders need none (``hf_tsprompt.models.resolve_model_name``)."""
     dtype: str = "float32"
     """Weights dtype: ``float32``, ``bfloat16`` or ``float16``."""
 
@@ -706,6 +711,11 @@ def _validate_values(recipe: Recipe) -> None:
         raise ConfigError(
             "peft.num_virtual_tokens must be >= 3 (a point cloud needs 3 points for topology), "
             f"got {recipe.peft.num_virtual_tokens}."
+        )
+    if recipe.model.hub_id is not None and not is_hub_id(recipe.model.hub_id):
+        raise ConfigError(
+            f"model.hub_id must be a Hub model id of the form 'org/name' (the base model as "
+            f"published on the Hub), got {recipe.model.hub_id!r}."
         )
     if recipe.peft.init == "text" and not recipe.peft.init_text:
         raise ConfigError("peft.init is 'text' but peft.init_text is empty; give the init text.")

@@ -44,6 +44,7 @@ __all__ = [
     "make_record",
     "prompt_file_name",
     "read_records",
+    "snapshot_accuracy_set",
     "topology_dir",
     "truncate_records",
     "write_snapshot",
@@ -164,6 +165,21 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         dg = rec.get("diagrams", {})
         rec["diagrams_np"] = diagrams_from_lists([dg.get("h0", []), dg.get("h1", [])])
     return out
+
+
+def snapshot_accuracy_set(record: dict[str, Any]) -> str | None:
+    """Which examples a record's ``accuracy`` was measured on: ``"train"`` (the pipeline's
+    ``topology.evaluate: train`` stores the training accuracy there, with ``eval`` holding
+    ``train_accuracy`` and no test counts), ``"test"`` (``eval`` has the test ``correct`` /
+    ``total``), or None (no accuracy, or an evaluate function that does not say)."""
+    if record.get("accuracy") is None:
+        return None
+    info = record.get("eval") if isinstance(record.get("eval"), dict) else {}
+    if "total" in info or "correct" in info:
+        return "test"
+    if "train_accuracy" in info:
+        return "train"
+    return None
 
 
 def evolution_series(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -334,7 +334,8 @@ def _config_html(run: _Run) -> str:
     info = run.info
     facts = [
         ("run folder", str(run.path)),
-        ("base model", info.get("base_model")),
+        # A local folder with no Hub id records none: the report (local) names the folder.
+        ("base model", info.get("base_model") or info.get("model_source")),
         ("peft method", info.get("method")),
         ("virtual tokens", info.get("num_virtual_tokens")),
         ("task", info.get("task")),
@@ -436,7 +437,7 @@ def _compare_html(runs: list[_Run], figures: dict[str, Path], notes: list[str]) 
         return [label, *(fn(r) for r in runs)]
 
     rows = [
-        row("base model", lambda r: _fmt(r.info.get("base_model"))),
+        row("base model", lambda r: _fmt(r.info.get("base_model") or r.info.get("model_source"))),
         row("peft method", lambda r: _fmt(r.info.get("method"))),
         row("virtual tokens", lambda r: _fmt(r.info.get("num_virtual_tokens"))),
         row("regulariser", lambda r: _fmt((r.recipe.get("ts") or {}).get("regularizer"))),

@@ -12,7 +12,8 @@ A run folder is what ``hf-tsprompt train`` writes and everything else reads::
     README.md              CARD_FILE: the model card
     explain.json/.md, analysis.json/.md, report.html, calibration/act.json
     checkpoint-N/          Trainer checkpoints, if the recipe saves any
-    .lock                  LOCK_FILE: held by the job writing the folder
+    .lock                  LOCK_FILE: held by the job writing the folder, removed when it
+                           ends (a killed job leaves it, unlocked)
 
 No other module spells one of these names: it asks this module. :func:`read_run` is the one
 reader of ``run.json`` (``strict`` for the pipeline, lenient for readers of folders that other
@@ -244,10 +245,12 @@ def _in_use(run_dir: Path, holder: str) -> RunFolderError:
 def run_lock(run_dir: str | Path) -> Iterator[None]:
     """Hold the exclusive lock on ``<run>/.lock`` for the block (the OS releases it even if
     the process is killed); raises :class:`RunFolderError` naming the holder's pid when
-    another job holds it."""
+    another job holds it. The file is removed when the block ends, so a finished (or failed)
+    run folder holds no ``.lock``; a killed job's stays, unlocked, and is reused."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(run_dir / LOCK_FILE, blocking=False, record_pid=True) as acquired:
+    lock = file_lock(run_dir / LOCK_FILE, blocking=False, record_pid=True, remove=True)
+    with lock as acquired:
         if not acquired:
             raise _in_use(run_dir, lock_holder(run_dir / LOCK_FILE) or "?")
         yield

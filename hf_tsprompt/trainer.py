@@ -377,14 +377,19 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
         *,
         repo_id: str | None = None,
         private: bool | None = None,
+        base_model: str | None = None,
+        private_base: bool = False,
         **kwargs: Any,
     ) -> str | None:
         """Save the adapter into ``<output_dir>/adapter`` and push the run folder.
 
         Unlike ``Trainer.push_to_hub`` (whose generic card replaces ours), this uploads the
-        adapter at the repo root, the TSLoss model card, the figures and the barcode records
-        in one commit (:func:`hf_tsprompt.hub.push_to_hub`). ``repo_id`` defaults to
-        ``args.hub_model_id``. Returns the commit URL (None on non-main processes).
+        adapter at the repo root, the model card (its regulariser rows from this trainer's
+        ``ts_*`` fields), the figures and the barcode records in one commit
+        (:func:`hf_tsprompt.hub.push_to_hub`). ``repo_id`` defaults to ``args.hub_model_id``.
+        ``base_model``: the base model's Hub id when the model does not record one (built
+        from a config, or loaded from a local folder); ``private_base`` publishes without one.
+        Returns the commit URL (None on non-main processes).
         """
         # The one import in the library that points up a layer (see the package docstring):
         # a Trainer's push_to_hub publishes a finished run with its model card, and the card
@@ -406,6 +411,13 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
             token=token or self.args.hub_token,
             revision=revision or self.args.hub_revision,
             commit_message=commit_message,
+            base_model=base_model,
+            private_base=private_base,
+            ts={
+                name.removeprefix("ts_"): getattr(self.args, name)
+                for name in vars(self.args)
+                if name.startswith("ts_")
+            },
         )
 
 

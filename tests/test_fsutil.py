@@ -108,3 +108,43 @@ def test_file_lock_names_its_holder_and_dies_with_it(tmp_path):
         assert acquired is True
         assert lock_holder(path) is not None  # a probe from this process sees the new holder
         assert path.read_text() == str(os.getpid())
+
+
+@needs_locks
+def test_file_lock_remove_leaves_no_file_and_still_excludes(tmp_path):
+    path = tmp_path / ".lock"
+    with file_lock(path, remove=True, record_pid=True) as held:
+        assert held is True and path.read_text() == str(os.getpid())
+        with file_lock(path, blocking=False) as second:
+            assert second is False  # removing on release changes nothing while held
+    assert not path.exists()
+    with file_lock(path, blocking=False, remove=True) as again:
+        assert again is True
+    assert not path.exists()
+
+
+@needs_locks
+def test_a_waiter_on_a_removed_lock_file_never_shares_the_lock(tmp_path):
+    """A waiter blocked on the file that its holder removes on release must not end up holding
+    the removed file while a newcomer holds a fresh one: it locks the file at the path."""
+    import threading
+    import time
+
+    path = tmp_path / ".lock"
+    waiter_in = threading.Event()
+    results: list[bool] = []
+
+    def waiter() -> None:
+        waiter_in.set()
+        # While the waiter holds it, no one else may acquire the lock at the path.
+        with file_lock(path, remove=True) as held, file_lock(path, blocking=False) as other:
+            results.append(held and not other)
+
+    with file_lock(path, remove=True):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        waiter_in.wait(10)
+        time.sleep(0.2)  # the waiter has opened the file and blocks in flock
+    thread.join(30)
+    assert results == [True]
+    assert not path.exists()

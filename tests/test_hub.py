@@ -16,11 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from hf_tsprompt.errors import HubError, MissingFileError, RunFolderError
-from hf_tsprompt.hub import build_model_card, load_adapter, push_to_hub, save_model_card
+from hf_tsprompt.errors import ConfigError, HubError, MissingFileError, RunFolderError
+from hf_tsprompt.hub import (
+    base_model_id,
+    build_model_card,
+    load_adapter,
+    push_to_hub,
+    save_model_card,
+)
 
 from procs import run_process
-from tiny import TINY_HUB_ID, make_tiny_run
+from tiny import TINY_HUB_ID, make_tiny_run, save_tiny_model, tiny_recipe, write_tiny_gsm8k
 
 REPO = "alice/tiny-tsloss"
 HUB_TOKEN = "hf_test_token"  # alice's write token on the local hub (tests/conftest.py)
@@ -355,6 +361,9 @@ def test_card_snippet_runs_as_written(hub, run, tmp_path):
         + "new = output.shape[1] - inputs['input_ids'].shape[1]\n"
         + "again = model.generate(**inputs, max_new_tokens=new, do_sample=False)\n"
         + "assert torch.equal(again, output)\n"
+        # transformers and peft only: the snippets never needed this package.
+        + "import sys\n"
+        + "assert not any(m.startswith('hf_tsprompt') for m in sys.modules), 'hf_tsprompt'\n"
     )
     result = run_process(
         [sys.executable, "-c", code], env={**os.environ, "HF_TOKEN": HUB_TOKEN}, timeout=180
@@ -404,8 +413,375 @@ def test_trainer_push_to_hub_uploads_our_card(hub, tokenizer, tmp_path):
         callbacks=[PersistenceCallback(every_n_steps=1)],
     )
     trainer.train()
-    url = trainer.push_to_hub(token=HUB_TOKEN)
+    # A model built from a config records no base model: push refuses until it is named.
+    with pytest.raises(HubError, match="--base-model"):
+        trainer.push_to_hub(token=HUB_TOKEN)
+    assert REPO not in hub.repo_ids()
+    url = trainer.push_to_hub(token=HUB_TOKEN, base_model=TINY_HUB_ID)
     files = hub.repo_files(REPO)
     assert url and {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(files)
     assert "topology/records.jsonl" in files
-    assert "tsloss" in files["README.md"].decode()
+    readme = files["README.md"].decode()
+    assert "tsloss" in readme  # the trainer's ts_* fields: its default regulariser
+    assert "| ts_tau (tau) | 0.1 |" in readme
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == TINY_HUB_ID
+
+
+# --- what is published (issue 25) -----------------------------------------------------------
+
+
+def _machine_paths(*paths: object) -> set[str]:
+    """The paths of this machine a published file must not name (each also resolved)."""
+    import tempfile
+
+    from huggingface_hub import constants
+
+    out = set()
+    for path in (*paths, Path.home(), tempfile.gettempdir(), constants.HF_HUB_CACHE):
+        out |= {str(path), str(Path(path).resolve())}
+    return {p.rstrip("/") for p in out}
+
+
+def _named_paths(data: bytes, paths: set[str]) -> list[str]:
+    """The paths that ``data`` names, where a path ends at a path boundary."""
+    return [p for p in paths if re.search(re.escape(p.encode()) + rb"(?![A-Za-z0-9._-])", data)]
+
+
+def _old_style_run(run_dir: Path, model_ref: str, recorded: str) -> None:
+    """Make a run folder look like one made before issue 25: the base model recorded by what
+    a local folder gave (its name, or a snapshot's commit hash), its path everywhere else."""
+    import yaml
+
+    info = json.loads((run_dir / "run.json").read_text())
+    info.update(base_model=recorded, model_source=model_ref)
+    (run_dir / "run.json").write_text(json.dumps(info))
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    recipe["model"]["name_or_path"] = model_ref
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    config_file = run_dir / "adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = model_ref
+    config_file.write_text(json.dumps(config))
+
+
+def test_pushed_files_name_no_path_of_this_machine(hub, run, built_run):
+    run_dir, model_dir = run
+    original, _, recipe = built_run
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    files = hub.repo_files(REPO)
+    forbidden = _machine_paths(run_dir, original, model_dir, recipe.data.source)
+    assert "/tmp" in forbidden or str(Path.home()) in forbidden  # the scan means something
+    for name, data in files.items():
+        assert not _named_paths(data, forbidden), (name, _named_paths(data, forbidden))
+    # The run folder itself did name them: the push rewrote what it uploaded, not the folder.
+    assert str(model_dir) in (run_dir / "recipe.yaml").read_text()
+    config = json.loads(files["adapter_config.json"])
+    assert config["base_model_name_or_path"] == TINY_HUB_ID
+    assert json.loads(files["run.json"])["base_model"] == TINY_HUB_ID
+    assert json.loads(files["run.json"])["dataset_source"] == "./gsm8k"
+    assert json.loads(files["explain.json"])["run_dir"] == "."
+
+
+def test_the_published_recipe_names_the_base_by_its_hub_id(hub, run, tmp_path):
+    from hf_tsprompt.recipes import load_recipe
+
+    run_dir, _ = run
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    published = tmp_path / "published" / "recipe.yaml"
+    published.parent.mkdir()
+    published.write_bytes(hub.repo_files(REPO)["recipe.yaml"])
+    # Its local data folder is named relative to it: a reader without it is told so at once.
+    with pytest.raises(MissingFileError, match="gsm8k"):
+        load_recipe(published)
+    write_tiny_gsm8k(published.parent / "gsm8k")
+    recipe = load_recipe(published)
+    assert recipe.model.name_or_path == TINY_HUB_ID
+    assert recipe.output_dir is None and recipe.ts.regularizer == "tsloss"
+
+
+def test_push_refuses_a_base_model_without_hub_id_and_says_how_to_name_it(
+    hub, run, tmp_path, capsys
+):
+    from huggingface_hub.repocard import metadata_load
+
+    from hf_tsprompt.cli import main
+
+    run_dir, _ = run
+    gone = str(tmp_path / "models" / "tinyllama")  # a local folder, elsewhere or deleted
+    _old_style_run(run_dir, gone, "tinyllama")
+    assert base_model_id(run_dir) is None  # a folder's name is not a Hub id
+    with pytest.raises(HubError, match="--base-model") as err:
+        push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    assert "model.hub_id" in str(err.value) and "--private-base" in str(err.value)
+    assert main(["push", str(run_dir), "--repo-id", REPO, "--token", HUB_TOKEN]) != 0
+    assert "--base-model" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="org/name"):
+        push_to_hub(run_dir, REPO, token=HUB_TOKEN, base_model="tinyllama")
+    assert REPO not in hub.repo_ids()
+
+    # Named on the command line: card metadata, tag, both snippets and the adapter agree.
+    args = ["push", str(run_dir), "--repo-id", REPO, "--token", HUB_TOKEN]
+    assert main([*args, "--base-model", TINY_HUB_ID]) == 0
+    files = hub.repo_files(REPO)
+    readme = files["README.md"].decode()
+    meta = metadata_load(_write(tmp_path / "README.md", readme))
+    assert meta["base_model"] == TINY_HUB_ID
+    assert f"base_model:adapter:{TINY_HUB_ID}" in meta["tags"]
+    first, second = _use_it_blocks(readme)
+    assert f'from_pretrained("{TINY_HUB_ID}")' in first and TINY_HUB_ID in second
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == TINY_HUB_ID
+    assert all(not _named_paths(data, {gone}) for data in files.values())
+
+
+def test_private_base_publishes_a_card_without_a_snippet(hub, run, tmp_path):
+    from huggingface_hub.repocard import metadata_load
+
+    run_dir, _ = run
+    gone = str(tmp_path / "models" / "tinyllama")
+    _old_style_run(run_dir, gone, "tinyllama")
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN, private_base=True)
+    files = hub.repo_files(REPO)
+    readme = files["README.md"].decode()
+    meta = metadata_load(_write(tmp_path / "README.md", readme))
+    assert "base_model" not in meta
+    assert not any(tag.startswith("base_model:") for tag in meta["tags"])
+    assert "```python" not in readme and "private base model" in readme
+    config = json.loads(files["adapter_config.json"])
+    assert config["base_model_name_or_path"] is None
+    assert json.loads(files["run.json"])["model_source"] == "./tinyllama"
+    assert all(not _named_paths(data, {gone}) for data in files.values())
+
+
+def test_an_hf_cache_snapshot_base_is_named_by_its_repo_id(hub, run, tmp_path):
+    from huggingface_hub import constants
+    from huggingface_hub.repocard import metadata_load
+
+    run_dir, _ = run
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--alice--tiny-llama" / "snapshots" / revision
+    _old_style_run(run_dir, str(snapshot), revision)  # recorded as its commit hash
+    assert base_model_id(run_dir) == TINY_HUB_ID
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    files = hub.repo_files(REPO)
+    meta = metadata_load(_write(tmp_path / "README.md", files["README.md"].decode()))
+    assert meta["base_model"] == TINY_HUB_ID
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == TINY_HUB_ID
+    assert all(not _named_paths(data, {str(snapshot)}) for data in files.values())
+
+
+def test_push_refuses_a_file_that_would_still_name_this_machine(hub, run):
+    run_dir, _ = run
+    info = json.loads((run_dir / "run.json").read_text())
+    info["note"] = f"trained from {Path.home() / 'secret-project' / 'notes.txt'}"
+    (run_dir / "run.json").write_text(json.dumps(info))
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN)  # a path under home is replaced, not refused
+    assert b"secret-project" in hub.repo_files(REPO)["run.json"]
+    assert str(Path.home()).encode() not in hub.repo_files(REPO)["run.json"]
+    # A binary file cannot be rewritten: a path in a safetensors header refuses the push.
+    from safetensors.torch import load_file, save_file
+
+    weights = run_dir / "adapter" / "adapter_model.safetensors"
+    save_file(load_file(weights), weights, metadata={"source": str(run_dir.resolve())})
+    with pytest.raises(HubError, match="adapter_model.safetensors"):
+        push_to_hub(run_dir, "alice/other", token=HUB_TOKEN)
+    assert "alice/other" not in hub.repo_ids()
+
+
+def test_every_uploaded_figure_is_shown_with_its_caption(hub, run):
+    from hf_tsprompt.metrics import FIGURES
+
+    run_dir, _ = run
+    (run_dir / "figures" / "comparison.png").write_bytes(
+        (run_dir / "figures" / "pca.png").read_bytes()
+    )  # e.g. `hf-tsprompt plot A B --out A/figures`: not this run's figure, not shown
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    files = hub.repo_files(REPO)
+    readme = files["README.md"].decode()
+    uploaded = {f for f in files if f.endswith(".png")}
+    # **caption** (this run's note), a blank line, then the image
+    figure = r"\*\*([^*\n]+)\*\*[^\n]*\n\n!\[[^\]]*\]\(([^)]+)\)"
+    shown = {path: caption for caption, path in re.findall(figure, readme)}
+    assert uploaded == set(shown) and "figures/comparison.png" not in uploaded
+    assert {"figures/density.png", "figures/tsne.png"} <= uploaded
+    captions = {f"figures/{spec.file}": spec.caption for spec in FIGURES}
+    for path, caption in shown.items():
+        assert caption == captions[path], (path, caption)
+
+
+def test_card_names_training_and_test_accuracy_and_what_ran(run):
+    run_dir, _ = run
+    text = str(build_model_card(run_dir, repo_id=REPO))
+    info = json.loads((run_dir / "run.json").read_text())
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    assert f"Greedy decoding on {info['test_size']} held-out test examples" in text
+    assert "| test accuracy after training |" in text
+    assert "| train accuracy at the last snapshot (step 4, 4 training examples) |" in text
+    assert f"| optimiser steps | {state['global_step']} |" in text
+    assert f"| epochs | {state['epoch']:g} |" in text
+    assert "num_train_epochs" not in text and "max_steps" not in text
+    assert "(prompt tuning, TSLoss)" in text.split("\n# ", 1)[1].splitlines()[0]
+    barcodes = re.search(r"\*\*Persistence barcodes[^*]*\*\*([^\n]*)", text)[1]
+    assert "accuracy is measured on the training examples" in barcodes
+
+
+def test_card_links_only_what_is_declared(run):
+    from importlib.metadata import metadata
+
+    run_dir, _ = run
+    text = str(build_model_card(run_dir, repo_id=REPO))
+    declared = [
+        u.split(",", 1)[1].strip() for u in metadata("hf-tsprompt").get_all("Project-URL") or []
+    ]
+    allowed = (f"https://huggingface.co/{TINY_HUB_ID}", "https://github.com/huggingface/peft")
+    for url in re.findall(r"https?://[^\s)\"'>]+", text):
+        assert url.startswith((*allowed, *declared)), url
+    assert "Optimizing Soft Prompt Tuning via Structural Evolution" in text
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- a plain cross-entropy run whose base is a local folder named by model.hub_id -------------
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """A real run with regulariser ``none`` on a local model folder that names no Hub id; the
+    recipe's ``model.hub_id`` names it."""
+    from hf_tsprompt.pipeline import train_from_recipe
+    from hf_tsprompt.recipes import recipe_from_dict
+
+    root = tmp_path_factory.mktemp("plainrun")
+    model_dir = save_tiny_model(root / "tinyllama")
+    raw = tiny_recipe(
+        model_dir,
+        write_tiny_gsm8k(root / "gsm8k"),
+        name="plain-run",
+        output_dir=str(root / "run"),
+        model={"hub_id": TINY_HUB_ID},
+        ts={"regularizer": "none"},
+        training={"logging_steps": 1},
+        topology={"evaluate": "train"},
+    )
+    train_from_recipe(recipe_from_dict(raw, base_dir=root), progress=False, log=lambda _m: None)
+    return root / "run", model_dir
+
+
+def test_the_recipes_hub_id_reaches_the_adapter_and_a_finished_run_keeps_no_lock(plain_run):
+    run_dir, model_dir = plain_run
+    assert json.loads((model_dir / "config.json").read_text()).get("_name_or_path") in ("", None)
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == TINY_HUB_ID
+    assert json.loads((run_dir / "run.json").read_text())["base_model"] == TINY_HUB_ID
+    assert not (run_dir / ".lock").exists()
+
+
+def test_a_plain_cross_entropy_run_is_not_labelled_tsloss(hub, plain_run, tmp_path):
+    from huggingface_hub.repocard import metadata_load
+
+    run_dir, _ = plain_run
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    readme = hub.repo_files(REPO)["README.md"].decode()
+    meta = metadata_load(_write(tmp_path / "README.md", readme))
+    title = readme.split("\n# ", 1)[1].splitlines()[0]
+    assert "cross-entropy only" in title and "TSLoss" not in title
+    assert "tsloss" not in meta["tags"] and "topological-data-analysis" in meta["tags"]
+    assert "| regulariser | none (cross-entropy only) |" in readme
+    assert "ts_tau" not in readme and "ts_weight" not in readme and "λ_ts" not in readme
+    assert "plain prompt-tuning run" in readme
+    commit = hub.commits(REPO)[0]
+    assert "cross-entropy only" in commit.title and "TSLoss" not in commit.title
+
+
+def test_peft_push_to_hub_is_the_reference_for_the_adapter_files(hub, run, tmp_path):
+    """What peft's own PeftModel.push_to_hub uploads for the same adapter: our repo has the
+    same adapter files with the same fields and tensors, and card metadata that is a superset
+    of peft's. The differences, and why, are listed here."""
+    from huggingface_hub import ModelCard
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    run_dir, model_dir = run
+    _push_base_model(hub, model_dir)
+    base = AutoModelForCausalLM.from_pretrained(TINY_HUB_ID, token=HUB_TOKEN)
+    peft_model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    peft_model.push_to_hub("alice/peft-reference", token=HUB_TOKEN)
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    theirs, ours = hub.repo_files("alice/peft-reference"), hub.repo_files(REPO)
+    adapter_files = {"adapter_config.json", "adapter_model.safetensors"}
+    assert adapter_files <= set(theirs) and adapter_files <= set(ours)
+    # Only the card besides the adapter: ours replaces it (the README is ours by design), and
+    # adds the run's records, figures and settings (hf-tsprompt's own files).
+    assert set(theirs) - adapter_files <= {"README.md", ".gitattributes"}
+    their_config = json.loads(theirs["adapter_config.json"])
+    our_config = json.loads(ours["adapter_config.json"])
+    assert our_config == their_config  # every field, no difference to justify
+
+    def tensors(data: bytes) -> tuple[dict, dict]:
+        path = tmp_path / f"w{len(list(tmp_path.iterdir()))}.safetensors"
+        path.write_bytes(data)
+        with safe_open(path, "pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()  # noqa: SIM118
+
+    (their_weights, their_meta), (our_weights, our_meta) = (
+        tensors(theirs["adapter_model.safetensors"]),
+        tensors(ours["adapter_model.safetensors"]),
+    )
+    assert their_weights.keys() == our_weights.keys() and their_meta == our_meta
+    assert all(torch.equal(their_weights[k], our_weights[k]) for k in their_weights)
+    their_card = ModelCard(theirs["README.md"].decode()).data.to_dict()
+    our_card = ModelCard(ours["README.md"].decode()).data.to_dict()
+    # The one difference: PeftModel.push_to_hub goes through transformers' push_to_hub, whose
+    # generic card replaces the one peft's save_pretrained wrote and says the library is
+    # transformers. The adapter loads with peft: ours says peft, as peft's own
+    # create_or_update_model_card does (test_card_metadata_carries_what_peft_writes_...).
+    justified = {"library_name": ("transformers", "peft")}
+    for key, value in their_card.items():
+        if key == "tags":
+            assert set(value) <= set(our_card["tags"])
+        elif key in justified:
+            assert (value, our_card[key]) == justified[key], key
+        else:
+            assert our_card[key] == value, key
+
+
+def test_push_refuses_this_machines_user_and_host_names(hub, run, monkeypatch):
+    import getpass
+    import socket
+
+    run_dir, _ = run
+    # The local user's name is also the Hub namespace here: that alone is no leak.
+    monkeypatch.setattr(getpass, "getuser", lambda: "alice")
+    monkeypatch.setattr(socket, "gethostname", lambda: "build-host-7")
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    info = json.loads((run_dir / "run.json").read_text())
+    info["note"] = "trained on build-host-7 from /home/alice/data"
+    (run_dir / "run.json").write_text(json.dumps(info))
+    with pytest.raises(HubError, match="run.json") as err:
+        push_to_hub(run_dir, REPO, token=HUB_TOKEN)
+    assert "/home/alice" in str(err.value) and "build-host-7" in str(err.value)
+    assert b"build-host-7" not in hub.repo_files(REPO)["run.json"]
+
+
+def test_the_generation_fix_switch_adds_its_lines_to_both_snippets(run, monkeypatch):
+    """Off (today) the snippets need transformers and peft only; switched on (where peft's
+    generate is wrong for the adapter's peft type) both call fix_generate on the model."""
+    from hf_tsprompt import hub
+
+    run_dir, _ = run
+    off = str(build_model_card(run_dir, repo_id=REPO))
+    assert "hf_tsprompt" not in off and "pip install transformers peft" in off
+    seen = []
+    monkeypatch.setattr(hub, "_generation_fix", lambda peft_type: seen.append(peft_type) or True)
+    on = str(build_model_card(run_dir, repo_id=REPO))
+    assert seen == ["PROMPT_TUNING"]
+    assert hub.GENERATION_FIX_INSTALL in on
+    for code in _use_it_blocks(on):
+        compile(code, "snippet", "exec")
+        lines = code.splitlines()
+        assert "from hf_tsprompt.generation import fix_generate" in lines
+        made = next(i for i, line in enumerate(lines) if line.startswith("model = "))
+        assert lines[made + 1] == "fix_generate(model)"

@@ -7,6 +7,7 @@ tested in ``test_embedded.py``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def test_load_local_folder(tiny_model_dir):
     loaded = load_base_model(str(tiny_model_dir))
     assert isinstance(loaded, LoadedModel)
     assert loaded.source == Path(tiny_model_dir).resolve()
-    assert loaded.hub_id == Path(tiny_model_dir).name  # config has no Hub-like _name_or_path
+    # The config names no Hub id, and the folder's own name is not one: the id is unknown.
+    assert loaded.hub_id is None
     assert loaded.license is None
     assert loaded.model.dtype == torch.float32
     assert loaded.tokenizer.pad_token == "<|endoftext|>"
@@ -133,15 +135,33 @@ def test_resolve_model_name(tmp_path, tiny_model_dir):
     assert resolve_model_name("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert resolve_model_name("gemma-3-270m") == "google/gemma-3-270m"
     assert resolve_model_name("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
-    assert resolve_model_name(str(tiny_model_dir)) == Path(tiny_model_dir).name
+    assert resolve_model_name(str(tiny_model_dir)) is None
     folder = tmp_path / "my-finetune"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"_name_or_path": "org/base-model"}))
     assert resolve_model_name(folder) == "org/base-model"
     (folder / "config.json").write_text(json.dumps({"_name_or_path": "/abs/checkpoint"}))
-    assert resolve_model_name(folder) == "my-finetune"
+    assert resolve_model_name(folder) is None  # never the folder's name ("my-finetune")
     with pytest.raises(MissingFileError):
         resolve_model_name(str(tmp_path / "gone"))
+
+
+def test_an_hf_cache_snapshot_folder_is_named_by_its_repo_id(tmp_path, tiny_model_dir):
+    """A model loaded from a downloaded snapshot folder records the repo id that the cache
+    layout gives (models--org--name/snapshots/<revision>), never the commit hash."""
+    from hf_tsprompt.models import hub_id_from_path, is_hub_id
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hub" / "models--Org-x--Model.v2-135M" / "snapshots" / revision
+    shutil.copytree(tiny_model_dir, snapshot)
+    assert resolve_model_name(str(snapshot)) == "Org-x/Model.v2-135M"
+    assert load_base_model(snapshot).hub_id == "Org-x/Model.v2-135M"
+    # From the path alone, on a machine where it does not exist (a pushed run's record).
+    assert hub_id_from_path(f"/elsewhere/models--a--b/snapshots/{revision}") == "a/b"
+    assert hub_id_from_path(f"/x/models--a--b/blobs/{revision}") is None
+    assert hub_id_from_path(tmp_path / "gone") is None
+    assert is_hub_id("org/name") and not is_hub_id("tinyllama") and not is_hub_id(revision)
+    assert not is_hub_id(None) and not is_hub_id("/abs/path")
 
 
 def test_models_still_exposes_the_embedded_cache_names():

@@ -148,15 +148,22 @@ def test_every_declared_dependency_is_used_and_every_import_declared():
     assert "evaluate" not in declared  # dropped: see the comment in pyproject.toml
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel, built from a copy of exactly what it is built from (the checkout stays clean:
+def _build_source(root: Path) -> Path:
+    """A copy of exactly what the distributions are built from (the checkout stays clean:
     setuptools writes build/ and *.egg-info beside the sources)."""
-    src = tmp_path_factory.mktemp("wheel-src")
-    for name in ("pyproject.toml", "README.md"):
+    src = root / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     for name in ("hf_tsprompt", "model_cards"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel, built from a copy of exactly what it is built from (:func:`_build_source`)."""
+    src = _build_source(tmp_path_factory.mktemp("wheel-src"))
     out = tmp_path_factory.mktemp("dist")
     # No build isolation and no index: the installed setuptools builds it, nothing is fetched.
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
@@ -176,6 +183,10 @@ def test_wheel_holds_the_package_its_template_and_its_metadata(wheel):
     assert {n for n in names if not n.startswith(dist_info)} == _package_files()
     assert "hf_tsprompt/model_cards/adapter_card.md.jinja" in names
     assert "hf_tsprompt/py.typed" in names
+    with zipfile.ZipFile(wheel) as zf:  # the license pyproject declares, as a license file
+        assert zf.read(f"{dist_info}/licenses/LICENSE") == (ROOT / "LICENSE").read_bytes()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "License-File: LICENSE" in metadata
     shipped = {
         _dist_name(r.name): r
         for r in map(Requirement, re.findall(r"^Requires-Dist: (.+)$", metadata, flags=re.M))
@@ -183,6 +194,24 @@ def test_wheel_holds_the_package_its_template_and_its_metadata(wheel):
     }
     assert {k: str(v) for k, v in shipped.items()} == {k: str(v) for k, v in _declared().items()}
     assert "hf-tsprompt = hf_tsprompt.cli:main" in entry_points
+
+
+@pytest.mark.slow
+def test_sdist_ships_the_license(tmp_path):
+    import tarfile
+
+    src = _build_source(tmp_path)
+    out = tmp_path / "dist"
+    build = "import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])"
+    done = run_process([sys.executable, "-c", build, str(out)], cwd=src, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (sdist,) = out.glob("hf_tsprompt-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        (member,) = [m for m in tar.getmembers() if m.name.endswith("/LICENSE")]
+        assert tar.extractfile(member).read() == (ROOT / "LICENSE").read_bytes()
+    assert "Apache License" in (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"
+    assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
 
 
 _CHECK_INSTALL = r"""

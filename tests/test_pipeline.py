@@ -3,6 +3,8 @@
 (Training end to end through the pipeline is tested in test_cli.py and test_reliability.py.)
 """
 
+import os
+
 import pytest
 
 from hf_tsprompt.calibration import ACTConfig
@@ -45,3 +47,20 @@ def test_calibrate_run_saves_and_reuses_the_heads(tmp_path):
     save_act(stale, run_dir)
     again = calibrate_run(run_dir, layers=[1], search="exact", min_gain=-1.0)
     assert again.heads == {1: [0, 1, 2, 3]} and load_act(run_dir) == again
+
+
+def test_run_lock_refuses_a_second_job_and_leaves_no_file(tmp_path):
+    from hf_tsprompt.errors import RunFolderError
+    from hf_tsprompt.runs import LOCK_FILE, run_lock
+
+    run_dir = tmp_path / "run"
+    with run_lock(run_dir):
+        assert (run_dir / LOCK_FILE).read_text() == str(os.getpid())
+        busy = f"in use by another job \\(pid {os.getpid()}\\)"
+        with pytest.raises(RunFolderError, match=busy), run_lock(run_dir):
+            pass
+        assert (run_dir / LOCK_FILE).is_file()  # a refused job removes nothing
+    assert not (run_dir / LOCK_FILE).exists()
+    with pytest.raises(KeyError), run_lock(run_dir):
+        raise KeyError("a failed run")
+    assert not (run_dir / LOCK_FILE).exists()

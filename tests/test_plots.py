@@ -170,8 +170,8 @@ def test_plot_run_writes_every_figure_into_the_run(run):
 def test_snapshot_choice(runs, tmp_path, drawn):
     plots.plot_diagrams(runs[1], tmp_path, steps=[0, 10])
     assert [ax.get_title() for ax in drawn[0].axes] == [
-        "step 0 (initial), acc 0.20",
-        "step 10 (final), acc 0.80",
+        "step 0 (initial), test acc 0.20",  # eval has the test counts
+        "step 10 (final), test acc 0.80",
     ]
     with pytest.raises(ConfigError, match=r"no snapshot at step\(s\) \[7\]"):
         plots.plot_barcodes(runs[1], tmp_path, steps=[0, 7])
@@ -336,3 +336,54 @@ def test_no_global_matplotlib_state_leaks(runs, tmp_path):
     import matplotlib.pyplot as plt
 
     assert plt.get_fignums() == []
+
+
+def _rewrite_records(run: Path, edit) -> None:
+    path = run / "topology" / "records.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(edit(r)) + "\n" for r in records))
+
+
+def test_a_training_set_accuracy_is_named_as_such(run, tmp_path, drawn):
+    """The pipeline's default (topology.evaluate: train) stores the training accuracy as the
+    snapshot's accuracy: panel titles and the accuracy figure say so, and draw it once."""
+
+    def as_training_accuracy(record):
+        acc = record["eval"]["train_accuracy"]
+        return {**record, "accuracy": acc, "eval": {"train_accuracy": acc, "train_correct": 1}}
+
+    _rewrite_records(run, as_training_accuracy)
+    plots.plot_barcodes(run, tmp_path, steps=[0, 10])
+    assert [ax.get_title().split("\n")[0] for ax in drawn[0].axes] == [
+        "step 0 (initial), train acc 0.25",
+        "step 10 (final), train acc 1.00",
+    ]
+    plots.plot_accuracy(run, tmp_path)
+    (ax,) = drawn[1].axes
+    assert len(ax.get_lines()) == 2  # the training curve and the 100% marker, no copy of it
+    legend = [t.get_text() for t in drawn[1].legends[0].get_texts()]
+    assert "train accuracy" in legend and "accuracy" not in legend
+
+
+def test_loss_panels_name_what_the_run_trained_with(run, tmp_path, drawn):
+    """A run without a regulariser logs no L_ts: its total is the cross-entropy, and no
+    panel claims L_total = L_ce + λ_ts·L_ts; a non-TSLoss regulariser's term is not L_ts."""
+    state_file = run / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    plain = dict(state, log_history=[
+        {k: v for k, v in h.items() if not k.startswith(("loss_ts", "ts_"))}
+        for h in state["log_history"]
+    ])  # fmt: skip
+    state_file.write_text(json.dumps(plain))
+    plots.plot_loss(run, tmp_path)
+    titles = [ax.get_title() for ax in drawn[0].axes]
+    assert titles[0] == "training loss (cross-entropy; no regulariser logged)"
+    assert not any("λ_ts" in t or "L_ts" in t for t in titles)
+    state_file.write_text(json.dumps(state))
+    (run / "recipe.yaml").write_text("ts: {regularizer: l2}\n")
+    plots.plot_loss(run, tmp_path)
+    titles = [ax.get_title() for ax in drawn[1].axes]
+    assert "regulariser loss L_reg (unweighted)" in titles
+    (run / "recipe.yaml").write_text("ts: {regularizer: tsloss}\n")
+    plots.plot_loss(run, tmp_path)
+    assert "topological loss L_ts (unweighted)" in [ax.get_title() for ax in drawn[2].axes]

@@ -114,6 +114,9 @@ def test_relative_paths_resolve_against_the_recipe_folder(tmp_path, monkeypatch)
         ({"training": {"seed": 1}}, "top-level seed"),
         ({"training": {"push_to_hub": True}}, "hf-tsprompt push"),
         ({"training": {"resume_from_checkpoint": "x"}}, "pass --resume"),
+        # issue 25: the base model's Hub id, for a local folder that names none
+        ({"model": {"hub_id": "tinyllama"}}, "model.hub_id must be a Hub model id .*org/name"),
+        ({"model": {"hub_id": "/abs/tinyllama"}}, "model.hub_id must be a Hub model id"),
         ({"training": {"report_to": 3}}, "training.report_to must be null or str or list"),
         ({"training": {"label_names": ["a", 1]}}, "training.label_names must be list or null"),
         (

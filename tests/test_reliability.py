@@ -830,12 +830,15 @@ HOSTILE = [
 def test_hostile_strings_cannot_break_the_card(hostile: str, tmp_path: Path) -> None:
     """Model name, dataset id, config, license and versions from run.json: the front matter
     holds exactly the metadata keys, each with its exact hostile value; the Python snippet is
-    valid and loads exactly the hostile base model name."""
+    valid and loads exactly the base model's Hub id. A hostile recorded base model is not a
+    Hub id (issue 25): the card names no base model and has no snippet, and nothing breaks."""
     from huggingface_hub.repocard import metadata_load
 
     from hf_tsprompt.hub import save_model_card
 
-    def card(value: str, folder: Path) -> str:
+    base_id = "alice/tiny-llama"
+
+    def card(value: str, folder: Path, base_model: str | None = base_id) -> str:
         run = folder / value.replace("/", "_")[:40].strip() / "run"
         (run / "adapter").mkdir(parents=True)
         (run / "adapter" / "adapter_config.json").write_text(
@@ -856,7 +859,14 @@ def test_hostile_strings_cannot_break_the_card(hostile: str, tmp_path: Path) -> 
             "example_prompt": value,
         }
         (run / "run.json").write_text(json.dumps(info))
-        return save_model_card(run).read_text(encoding="utf-8")
+        return save_model_card(run, base_model=base_model).read_text(encoding="utf-8")
+
+    unnamed = card(hostile, tmp_path / "unnamed", base_model=None)
+    run = tmp_path / "unnamed" / hostile.replace("/", "_")[:40].strip() / "run"
+    meta = metadata_load(run / "README.md")
+    assert "base_model" not in meta and meta["license"] == hostile
+    assert not any(tag.startswith("base_model:") for tag in meta["tags"])
+    assert "```python" not in unnamed and "private base model" in unnamed
 
     benign = card("alice/tiny-llama", tmp_path / "benign")
     text = card(hostile, tmp_path)
@@ -871,7 +881,7 @@ def test_hostile_strings_cannot_break_the_card(hostile: str, tmp_path: Path) -> 
         "license",
         "model-index",
     }
-    assert meta["base_model"] == hostile and meta["license"] == hostile
+    assert meta["base_model"] == base_id and meta["license"] == hostile
     assert meta["datasets"] == [hostile]
     result = meta["model-index"][0]
     assert result["name"] == f"run {hostile}"
@@ -891,7 +901,7 @@ def test_hostile_strings_cannot_break_the_card(hostile: str, tmp_path: Path) -> 
     )
     # The base model and the adapter, exactly: the strings are data, nothing else runs.
     adapter = "adapter"  # a local card names the adapter relative to itself
-    assert [value for _, value in loaded] == [hostile, hostile, adapter]
+    assert [value for _, value in loaded] == [base_id, base_id, adapter]
     benign_snippet = benign.split("```python", 1)[1].split("```", 1)[0]
     assert len(snippet.splitlines()) == len(benign_snippet.splitlines())  # no line injected
 
