@@ -384,19 +384,48 @@ def _dataset_id(info: dict[str, Any]) -> str | None:
     return str(dataset_id) if dataset_id else None
 
 
-def _generation_fix(peft_type: str | None) -> bool:
-    """Whether the card's snippets call ``hf_tsprompt.generation.fix_generate(model)`` (and
-    show :data:`GENERATION_FIX_INSTALL`): THE ONE SWITCH for it, given the adapter's peft
-    type (``PROMPT_TUNING``, ...). False: the snippets need transformers and peft only. Where
-    peft's own ``generate`` is wrong for a peft type, this becomes
-    ``hf_tsprompt.generation.needs_fix(peft_type)``; the template already has the lines."""
-    del peft_type
-    return False
+#: What the card's snippet does, as :data:`hf_tsprompt.generation.SETTINGS` names it.
+SNIPPET_SETTING = "single row, cached"
 
 
-#: The install line the card shows when :func:`_generation_fix` is on (hf-tsprompt is on no
-#: package index yet: set this to a line that works before switching the fix on).
-GENERATION_FIX_INSTALL = "pip install hf-tsprompt"
+def _generation_fix(adapter_config: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """``(switch, note)`` for the card: the one place that decides whether the snippets call
+    ``hf_tsprompt.generation.fix_generate(model)`` (and show :data:`GENERATION_FIX_INSTALL`).
+
+    Decided by :func:`hf_tsprompt.generation.check` with the peft and transformers this card
+    is made with: on when peft's own ``generate`` is wrong in the snippet's own setting (one
+    row, cached) for the adapter's method and the fix is right, so a card made where peft gets
+    that right needs transformers and peft only. ``note`` names what else the check found
+    wrong (left-padded batches, ``use_cache=False``) and the call that makes it right, or is
+    None."""
+    from .generation import check
+
+    method = method_of(adapter_config, missing_ok=True)
+    if method is None:
+        return False, None
+    found = check(method.name)[method.name]
+    switch = found.needs_fix and found.wrong_in(SNIPPET_SETTING)
+    if not found.peft_wrong or switch:
+        return switch, None
+    settings = sorted({entry.split(":")[0] for entry in found.peft_wrong})
+    fix = (
+        "`hf_tsprompt.generation.fix_generate(model)` makes it right"
+        if found.needs_fix
+        else "decode with `hf_tsprompt.evaluation.greedy_prompt_learning`"
+    )
+    note = (
+        f"With {found.versions}, peft's own `generate` for this adapter is right as the snippet "
+        f"uses it, but not in these settings: {'; '.join(settings)} (checked against peft's "
+        f"training forward by `hf_tsprompt.generation.check`). There, {fix} "
+        f"(`{GENERATION_FIX_INSTALL}`, with a copy of hf-tsprompt's source: it is on no "
+        "package index)."
+    )
+    return switch, note
+
+
+#: How the card tells a reader to install hf-tsprompt where a snippet or a note needs it (it is
+#: on no package index: the line installs a copy of its source).
+GENERATION_FIX_INSTALL = "pip install ./hf-tsprompt"
 
 
 def _snapshot_accuracy(run_dir: Path) -> tuple[str | None, Any, Any]:
@@ -531,8 +560,9 @@ def build_model_card(
         )
     short_method = str(method_name).split(" (")[0]
     base_label = base_id or "a private base model"
-    peft_type = read_json_dict(find_adapter(run_dir) / ADAPTER_CONFIG_FILE).get("peft_type")
-    generation_fix = _generation_fix(peft_type if isinstance(peft_type, str) else None)
+    generation_fix, generation_note = _generation_fix(
+        read_json_dict(find_adapter(run_dir) / ADAPTER_CONFIG_FILE)
+    )
     context = {
         "title": _inline(
             f"{info.get('name')}: a soft prompt for {base_label} "
@@ -558,7 +588,8 @@ def build_model_card(
         ),
         "max_new_tokens": max_new_tokens if type(max_new_tokens) is int else 256,
         "base_note": base_note,
-        "prefix_method": method in ("prefix_tuning", "p_tuning_v2"),
+        "prefix_method": method in prompt_method_names() and get_prompt_method(method).kv_cache,
+        "generation_note": generation_note,
         "generation_fix": generation_fix,
         "generation_fix_install": GENERATION_FIX_INSTALL,
         "results_intro": results_intro,
@@ -979,7 +1010,9 @@ def load_adapter(
     """``(PeftModel, tokenizer)``: the base model named by the repo's card plus the adapter.
 
     ``base_model`` overrides the card's (e.g. a local copy, or an embedded name such as
-    ``smollm2-135m-instruct`` when the Hub checkpoint is out of reach).
+    ``smollm2-135m-instruct`` when the Hub checkpoint is out of reach). The model's
+    ``generate`` is made right for its prompt adapter where peft's is not
+    (:func:`hf_tsprompt.generation.fix_generate`).
     """
     from huggingface_hub import HfApi, ModelCard
     from peft import PeftModel
@@ -1006,7 +1039,10 @@ def load_adapter(
             "only (a pickled adapter_model.bin can run code when loaded); push the adapter "
             "with `hf-tsprompt push`, which uploads safetensors."
         )
+    from .generation import fix_generate
+
     loaded = load_base_model(str(base_model), dtype=dtype)
     model = PeftModel.from_pretrained(loaded.model, repo_id, revision=revision, token=token)
     model.eval()
+    fix_generate(model)  # where peft's own generate is wrong for this adapter (generation.py)
     return model, loaded.tokenizer

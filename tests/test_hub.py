@@ -337,6 +337,11 @@ def test_fresh_process_loads_identical_prompt_and_generations(hub, run, tmp_path
 
 @pytest.mark.slow
 def test_card_snippet_runs_as_written(hub, run, tmp_path):
+    from hf_tsprompt import hub as hub_module
+    from hf_tsprompt.generation import check
+
+    found = check("prompt_tuning")["prompt_tuning"]
+    needed = found.needs_fix and found.wrong_in(hub_module.SNIPPET_SETTING)
     run_dir, model_dir = run
     _push_base_model(hub, model_dir)
     push_to_hub(run_dir, REPO, token=HUB_TOKEN)
@@ -363,7 +368,9 @@ def test_card_snippet_runs_as_written(hub, run, tmp_path):
         + "assert torch.equal(again, output)\n"
         # transformers and peft only: the snippets never needed this package.
         + "import sys\n"
-        + "assert not any(m.startswith('hf_tsprompt') for m in sys.modules), 'hf_tsprompt'\n"
+        # hf_tsprompt only where the check needs its fix in the snippet's setting (hub.py)
+        + f"needed = {needed!r}\n"
+        + "assert any(m.startswith('hf_tsprompt') for m in sys.modules) is needed\n"
     )
     result = run_process(
         [sys.executable, "-c", code], env={**os.environ, "HF_TOKEN": HUB_TOKEN}, timeout=180
@@ -384,6 +391,23 @@ def test_load_adapter_uses_the_cards_base_model(hub, run):
     assert torch.equal(model.prompt_encoder["default"].embedding.weight.detach(), weight)
     assert torch.equal(local.prompt_encoder["default"].embedding.weight.detach(), weight)
     assert tokenizer.chat_template
+    # generate is made right where peft's is not (a left-padded batch == each row alone)
+    from hf_tsprompt.generation import _is_fixed, needs_fix
+
+    assert _is_fixed(model) is needs_fix("prompt_tuning") is _is_fixed(local)
+    texts = ["Tom has 3 apples and buys 2 more.", "True"]
+    alone = [tokenizer(t, return_tensors="pt") for t in texts]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=pad)
+        for row, ids in enumerate(alone):
+            one = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=pad)
+            assert (
+                out[row, batch["input_ids"].shape[1] :].tolist()
+                == one[0, ids["input_ids"].shape[1] :].tolist()
+            )
 
 
 def test_trainer_push_to_hub_uploads_our_card(hub, tokenizer, tmp_path):
@@ -766,19 +790,35 @@ def test_push_refuses_this_machines_user_and_host_names(hub, run, monkeypatch):
     assert b"build-host-7" not in hub.repo_files(REPO)["run.json"]
 
 
-def test_the_generation_fix_switch_adds_its_lines_to_both_snippets(run, monkeypatch):
-    """Off (today) the snippets need transformers and peft only; switched on (where peft's
-    generate is wrong for the adapter's peft type) both call fix_generate on the model."""
+def test_the_generation_fix_is_on_the_card_only_where_the_check_needs_it(run, monkeypatch):
+    """The snippets call fix_generate only where the library's check finds peft's own
+    ``generate`` wrong in the snippet's setting (one row, cached) for the adapter's method
+    (peft 0.21.2 + transformers 5.24: on; 0.22.0 + 5.25: off, with a note on the left-padded
+    batches it gets wrong). Switched on, both snippets call it on the model."""
     from hf_tsprompt import hub
+    from hf_tsprompt.generation import check
 
     run_dir, _ = run
+    found = check("prompt_tuning")["prompt_tuning"]
+    needed = found.needs_fix and found.wrong_in(hub.SNIPPET_SETTING)
+    card = str(build_model_card(run_dir, repo_id=REPO))
+    assert ("from hf_tsprompt.generation import fix_generate" in card) is needed
+    assert "pip install transformers peft" in card
+    if not needed:
+        assert "hf_tsprompt.generation import" not in card
+        assert ("left-padded batch" in card) is any("left-padded" in w for w in found.peft_wrong)
+    assert "pip install hf-tsprompt" not in card  # no index serves it
+
+    monkeypatch.setattr(hub, "_generation_fix", lambda config: (False, "A NOTE ON BATCHES"))
     off = str(build_model_card(run_dir, repo_id=REPO))
-    assert "hf_tsprompt" not in off and "pip install transformers peft" in off
+    assert "hf_tsprompt" not in "".join(_use_it_blocks(off)) and "> A NOTE ON BATCHES" in off
     seen = []
-    monkeypatch.setattr(hub, "_generation_fix", lambda peft_type: seen.append(peft_type) or True)
+    monkeypatch.setattr(
+        hub, "_generation_fix", lambda config: (seen.append(config), (True, None))[1]
+    )
     on = str(build_model_card(run_dir, repo_id=REPO))
-    assert seen == ["PROMPT_TUNING"]
-    assert hub.GENERATION_FIX_INSTALL in on
+    assert [c["peft_type"] for c in seen] == ["PROMPT_TUNING"]
+    assert f"`{hub.GENERATION_FIX_INSTALL}` (a copy of hf-tsprompt's source" in on
     for code in _use_it_blocks(on):
         compile(code, "snippet", "exec")
         lines = code.splitlines()
