@@ -255,6 +255,11 @@ class CustomTask(Task):
         import datasets
 
         path = Path(self.source)
+        if self.local and path.is_file() and not path.read_bytes().strip():
+            raise ConfigError(
+                f"data.source {self.source!r} is empty; add rows to it (one JSON object per line "
+                "for .jsonl)."
+            )
         try:
             if self.local and path.is_file():
                 builder = _FILE_BUILDERS[path.suffix.lower()]
