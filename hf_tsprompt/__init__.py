@@ -24,9 +24,9 @@ the pipeline and the CLI load only when a command needs them (so ``--help`` stay
 
 1. foundations: _version, errors, fsutil, hyperparams, metrics, runs
 2. core: topology, losses, regularizers, prompts
-3. pieces: records, callbacks, trainer, sft, data, data.answers, data.tasks, data.loading,
-   data.features, embedded, models, evaluation, generation, distributed, attention,
-   calibration, dpc
+3. pieces: records, callbacks, trainer, sft, data, data.answers, data.tasks, data.custom,
+   data.loading, data.features, embedded, models, evaluation, generation, distributed,
+   attention, calibration, dpc
 4. recipes: recipes
 5. readers: explain, analysis, plots, report, hub
 6. pipeline: pipeline

@@ -179,7 +179,9 @@ def load_plugins(modules: Sequence[str] = ()) -> list[str]:
 
     A plugin registers what it adds when imported (``register_regularizer``,
     ``register_task``, ...); an entry point that names a function (``module:function``) has it
-    called with no arguments. Returns what was loaded, in order: ``dist:name`` for an entry
+    called with no arguments. ``modules`` are found as ``python -m`` finds them: the current
+    directory comes first on ``sys.path`` (a ``my_tasks.py`` beside the recipe needs no
+    ``PYTHONPATH``). Returns what was loaded, in order: ``dist:name`` for an entry
     point, the module name otherwise. Raises :class:`~hf_tsprompt.errors.ConfigError` naming
     the plugin when one cannot be imported or fails while registering.
     """
@@ -200,13 +202,19 @@ def load_plugins(modules: Sequence[str] = ()) -> list[str]:
                 "uninstall that package."
             ) from err
         loaded.append(label)
+    if modules:
+        cwd = str(Path.cwd())
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.insert(0, cwd)
+            importlib.invalidate_caches()
     for name in modules:
         try:
             importlib.import_module(name)
         except ImportError as err:
             raise _usage(
                 f"--plugin {name}: cannot import it ({err}). Give an importable module name "
-                "(dotted, no '.py'), installed or on PYTHONPATH."
+                "(dotted, no '.py'): a module in the current directory, installed, or on "
+                "PYTHONPATH."
             ) from err
         except Exception as err:
             raise _usage(

@@ -419,7 +419,7 @@ def evaluate_with_dpc(
     predictions = [dict(p) for p in first.predictions]
     new_tokens = first.new_tokens
     for prediction, row in zip(predictions, rows, strict=True):
-        prompt_ids = encode_prompt(tokenizer, build_prompt(tokenizer, task, row))
+        prompt_ids = encode_prompt(tokenizer, build_prompt(tokenizer, task, row), task)
         if max_prompt_tokens is not None:
             prompt_ids = truncate_ids(prompt_ids, max_prompt_tokens)
         rationale = tokenizer(prediction["generation"], add_special_tokens=False)["input_ids"]

@@ -194,7 +194,7 @@ def evaluate_model(
         raise ConfigError("the tokenizer has neither a pad nor an eos token; set one of them")
 
     prompts = [build_prompt(tokenizer, task, row) for row in rows]
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, task) for p in prompts]
     if max_prompt_tokens is not None:
         encoded = [truncate_ids(ids, max_prompt_tokens) for ids in encoded]
     order = sorted(range(len(rows)), key=lambda i: -len(encoded[i]))

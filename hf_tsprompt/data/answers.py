@@ -15,12 +15,14 @@ from decimal import Decimal, InvalidOperation
 __all__ = [
     "ANSWER_IS_RE",
     "NUMBER_RE",
+    "final_number",
     "first_answer_span",
     "last_boxed",
     "normalize_bbh",
     "normalize_math_answer",
     "normalize_number",
     "normalize_text",
+    "option_letter",
 ]
 
 NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -39,6 +41,33 @@ def normalize_number(text: str) -> str | None:
     if value == value.to_integral_value():
         return str(int(value))
     return format(value.normalize(), "f")
+
+
+def final_number(text: str) -> str | None:
+    """The final numeric answer in a text, canonical (:func:`normalize_number`), else None:
+    the number after the last ``####`` (GSM8K's answer line), else the last number in the
+    text (so "... the answer is 72." scores too)."""
+    if "####" in text:
+        match = NUMBER_RE.search(text.rsplit("####", 1)[1])
+        if match:
+            return normalize_number(match.group())
+    numbers = NUMBER_RE.findall(text)
+    return normalize_number(numbers[-1]) if numbers else None
+
+
+def option_letter(text: str, letters: str = "ABCD") -> str | None:
+    """The multiple-choice option letter a text gives, else None: the letter after the last
+    "answer is" (``The answer is (B)``), else the first letter in parentheses (``(C)``), else
+    a letter at the very start followed by ``.``, ``)``, ``:`` or nothing (``D.``, ``A``)."""
+    options = f"[{re.escape(letters)}]"
+    answer_is = re.findall(rf"[Aa]nswer is:?\s*\(?({options})\b", text)
+    if answer_is:
+        return answer_is[-1]
+    for pattern in (rf"\(({options})\)", rf"^\s*({options})(?:[.):]|\s*$)"):
+        found = re.findall(pattern, text)
+        if found:
+            return found[0]
+    return None
 
 
 def normalize_text(text: str) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
-from hf_tsprompt.data.tasks import Row, Task, get_task
+from hf_tsprompt.data.tasks import Row, Task, get_task, uses_chat_template
 from hf_tsprompt.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -36,26 +36,24 @@ IGNORE_INDEX = -100
 """Label value ignored by ``torch.nn.CrossEntropyLoss`` (and by peft's virtual-token padding)."""
 
 
-def uses_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether prompts go through the tokenizer's chat template."""
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
 def build_prompt(tokenizer: PreTrainedTokenizerBase, task: str | Task, row: Row) -> str:
-    """The prompt text: the user turn in the chat template with the generation prompt
+    """The prompt text (:meth:`Task.prompt_text <hf_tsprompt.data.Task.prompt_text>`): for
+    the built-in tasks the user turn in the chat template with the generation prompt
     (instruct models), else ``task.plain_prompt(row)`` (``Question: ...\\nAnswer:``)."""
-    task = get_task(task)
-    if uses_chat_template(tokenizer):
-        messages = [{"role": "user", "content": task.user_text(row)}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return task.plain_prompt(row)
+    return get_task(task).prompt_text(tokenizer, row)
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Token ids of a prompt exactly as training and evaluation both see it. A chat template
-    already writes any BOS token into the text, so special tokens are added only without one."""
-    ids = tokenizer(prompt, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
-    return list(ids)
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, task: str | Task | None = None
+) -> list[int]:
+    """Token ids of a prompt exactly as training and evaluation both see it. Special tokens
+    are added as ``task.prompt_special_tokens`` says (without a task: only when the tokenizer
+    has no chat template, since a chat template already writes any BOS token into the text)."""
+    if task is None:
+        special = not uses_chat_template(tokenizer)
+    else:
+        special = get_task(task).prompt_special_tokens(tokenizer)
+    return list(tokenizer(prompt, add_special_tokens=special)["input_ids"])
 
 
 def truncate_ids(
@@ -77,14 +75,6 @@ def truncate_ids(
     return ids[:head] + ids[len(ids) - (budget - head) :]
 
 
-def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    if tokenizer.eos_token_id is None:
-        raise ConfigError(
-            "the tokenizer has no eos token; set tokenizer.eos_token so targets can end with it"
-        )
-    return int(tokenizer.eos_token_id)
-
-
 def tokenize_example(
     tokenizer: PreTrainedTokenizerBase,
     task: str | Task,
@@ -93,7 +83,8 @@ def tokenize_example(
     truncation: Literal["middle", "left"] = "middle",
 ) -> dict[str, list[int]]:
     """Training features of one row: ``input_ids`` = prompt + target + eos, ``labels`` =
-    -100 over the prompt and the target ids after it, ``attention_mask`` all ones.
+    -100 over the prompt and the target ids after it, ``attention_mask`` all ones (the
+    target ids are ``task.completion_ids``: for the built-in tasks the target text and eos).
 
     Prompt and target are tokenized separately so the prompt ids equal what
     :func:`~hf_tsprompt.evaluation.evaluate_model` feeds at generation time. When the
@@ -103,12 +94,8 @@ def tokenize_example(
     labels for the virtual tokens of prompt-learning methods itself.
     """
     task = get_task(task)
-    prompt_ids = encode_prompt(tokenizer, build_prompt(tokenizer, task, row))
-    target = task.target_text(row)
-    if not uses_chat_template(tokenizer):
-        target = " " + target  # plain prompts end in "Answer:"; the answer follows a space
-    target_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
-    target_ids.append(_eos_id(tokenizer))
+    prompt_ids = encode_prompt(tokenizer, build_prompt(tokenizer, task, row), task)
+    target_ids = task.completion_ids(tokenizer, row)
     budget = max_length - len(target_ids)
     if budget < 1:
         raise ConfigError(

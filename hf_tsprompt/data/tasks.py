@@ -16,13 +16,14 @@ from typing import Any, ClassVar
 
 from hf_tsprompt.data.answers import (
     ANSWER_IS_RE,
-    NUMBER_RE,
+    final_number,
     first_answer_span,
     last_boxed,
     normalize_bbh,
     normalize_math_answer,
     normalize_number,
     normalize_text,
+    option_letter,
 )
 from hf_tsprompt.errors import ConfigError, DataError
 
@@ -41,11 +42,18 @@ __all__ = [
     "Row",
     "Task",
     "get_task",
+    "get_task_class",
     "register_task",
+    "uses_chat_template",
 ]
 
 Row = dict[str, Any]
 """One validated, canonical dataset row (the dict a task's ``parse_row`` returns)."""
+
+
+def uses_chat_template(tokenizer: Any) -> bool:
+    """Whether prompts go through the tokenizer's chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
 
 
 # --------------------------------------------------------------------------- task base class
@@ -56,13 +64,18 @@ class Task(ABC):
 
     Subclasses set the class attributes and implement :meth:`parse_row`,
     :meth:`user_text`, :meth:`target_text`, :meth:`reference` and :meth:`extract`.
-    ``splits`` maps the library's logical ``"train"`` / ``"test"`` to the Hub split names;
-    when both map to the same split the task is *single-split* and :func:`load_subsets`
-    draws disjoint training and test rows from it.
+    ``hub_id`` is the dataset's Hub repository id; a task without one (None: a plugin for
+    local files) reads only the ``source`` it is given, and model cards name no dataset.
+    How a row becomes text and token ids (:meth:`prompt_text`, :meth:`prompt_special_tokens`,
+    :meth:`completion_ids`) defaults to the user turn in the chat template and the target
+    plus eos; a task whose rows carry their own rendering overrides them. ``splits`` maps
+    the library's logical ``"train"`` / ``"test"`` to the Hub split names; when both map to
+    the same split the task is *single-split* and :func:`load_subsets` draws disjoint
+    training and test rows from it.
     """
 
     name: ClassVar[str]
-    hub_id: ClassVar[str]
+    hub_id: str | None = None
     hub_config: ClassVar[str | None] = None
     known_configs: ClassVar[tuple[str, ...]] = ()
     """When non-empty, the only accepted configs (plus ``"all"``, which loads every one)."""
@@ -71,12 +84,15 @@ class Task(ABC):
     splits: ClassVar[Mapping[str, str]] = {"train": "train", "test": "test"}
     fields_help: ClassVar[str] = ""
     plain_template: ClassVar[str] = "Question: {user}\nAnswer:"
+    options: ClassVar[tuple[str, ...]] = ()
+    """Keys of the recipe's ``data:`` section this task takes as constructor arguments (besides
+    ``config``); for any other task those keys must keep their defaults."""
 
     def __init__(self, config: str | None = None) -> None:
         config = config if config is not None else self.hub_config
         if self.known_configs and config not in (*self.known_configs, "all"):
             raise ConfigError(
-                f"unknown {self.name} config {config!r}; choose 'all' or one of: "
+                f"unknown {self.name} config {config!r} (data.config); choose 'all' or one of: "
                 f"{', '.join(self.known_configs)}"
             )
         self.config = config
@@ -93,6 +109,12 @@ class Task(ABC):
     def hub_split(self, split: str) -> str:
         """Hub split name for a logical split (other names pass through unchanged)."""
         return self.splits.get(split, split)
+
+    def own_split(self, split: str) -> tuple[str, Sequence[Any]] | None:
+        """``(label, rows)`` of a logical split when the task reads its data itself (rows: a
+        sequence of mappings, e.g. a ``datasets.Dataset``); None (the default) lets
+        :func:`~hf_tsprompt.data.load_task_rows` read the ``source`` or the ``hub_id``."""
+        return None
 
     def configs_to_load(self) -> list[str | None]:
         """The configs a load reads: every known one for ``"all"``, else just this one."""
@@ -177,6 +199,35 @@ class Task(ABC):
         """Prompt for tokenizers without a chat template."""
         return self.plain_template.format(user=self.user_text(row))
 
+    # -- how a row becomes text and token ids (training and evaluation share these)
+    def prompt_text(self, tokenizer: Any, row: Row) -> str:
+        """The prompt text: the user turn in the chat template with the generation prompt
+        (instruct models), else :meth:`plain_prompt` (``Question: ...\\nAnswer:``)."""
+        if uses_chat_template(tokenizer):
+            messages = [{"role": "user", "content": self.user_text(row)}]
+            return tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        return self.plain_prompt(row)
+
+    def prompt_special_tokens(self, tokenizer: Any) -> bool:
+        """Whether tokenizing :meth:`prompt_text` adds special tokens: a chat template already
+        writes any BOS token into the text, so only prompts without one get them."""
+        return not uses_chat_template(tokenizer)
+
+    def completion_ids(self, tokenizer: Any, row: Row) -> list[int]:
+        """Token ids the model is trained to produce after the prompt: :meth:`target_text`
+        (after a space for plain prompts, which end in "Answer:") and the eos token."""
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(
+                "the tokenizer has no eos token; set tokenizer.eos_token so targets can end with it"
+            )
+        target = self.target_text(row)
+        if not uses_chat_template(tokenizer):
+            target = " " + target
+        ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
+        return [*ids, int(tokenizer.eos_token_id)]
+
 
 # --------------------------------------------------------------------------- registry
 
@@ -191,8 +242,12 @@ def register_task(cls: type[Task]) -> type[Task]:
         raise ConfigError(f"{cls.__qualname__}.name must be lower-case [a-z0-9_], got {name!r}")
     if name in TASKS and TASKS[name] is not cls:
         raise ConfigError(f"task {name!r} is already registered by {TASKS[name].__qualname__}")
-    if not isinstance(getattr(cls, "hub_id", None), str):
-        raise ConfigError(f"{cls.__qualname__} needs a hub_id (the dataset's Hub repository id)")
+    hub_id = getattr(cls, "hub_id", None)
+    if hub_id is not None and not (isinstance(hub_id, str) and hub_id.strip()):
+        raise ConfigError(
+            f"{cls.__qualname__}.hub_id must be the dataset's Hub repository id or None (a task "
+            f"for local files only), got {hub_id!r}"
+        )
     missing = sorted(getattr(cls, "__abstractmethods__", ()))
     if missing:
         raise ConfigError(f"{cls.__qualname__} must implement: {', '.join(missing)}")
@@ -200,18 +255,27 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def get_task(name: str | Task, config: str | None = None) -> Task:
-    """A task instance by name; ``"bbh:word_sorting"`` is shorthand for ``config=...``."""
-    if isinstance(name, Task):
-        return name
-    base, _, suffix = str(name).partition(":")
+def get_task_class(name: str) -> type[Task]:
+    """The registered class of a task name (``"bbh:word_sorting"`` names ``bbh``)."""
+    base = str(name).partition(":")[0]
     cls = TASKS.get(base.strip().lower())
     if cls is None:
         raise ConfigError(
-            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))} "
-            "(add one with a @register_task class)"
+            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))} (your own data: "
+            "task 'custom'; a new task: a @register_task class in a module passed with "
+            "--plugin MODULE)"
         )
-    return cls(config=config if config is not None else (suffix.strip() or None))
+    return cls
+
+
+def get_task(name: str | Task, config: str | None = None, **options: Any) -> Task:
+    """A task instance by name; ``"bbh:word_sorting"`` is shorthand for ``config=...``.
+    ``options`` go to the task's constructor (the keys its ``options`` declares)."""
+    if isinstance(name, Task):
+        return name
+    cls = get_task_class(str(name))
+    suffix = str(name).partition(":")[2]
+    return cls(config=config if config is not None else (suffix.strip() or None), **options)
 
 
 # --------------------------------------------------------------------------- the adapters
@@ -261,18 +325,10 @@ class GSM8K(Task):
         return normalize_number(row["answer"].rsplit("####", 1)[1])  # type: ignore[return-value]
 
     def extract(self, text: str) -> str | None:
-        if "####" in text:
-            match = NUMBER_RE.search(text.rsplit("####", 1)[1])
-            if match:
-                return normalize_number(match.group())
-        numbers = NUMBER_RE.findall(text)
-        return normalize_number(numbers[-1]) if numbers else None
+        return final_number(text)
 
 
 _LETTERS = "ABCD"
-_MC_ANSWER_RE = re.compile(r"[Aa]nswer is:?\s*\(?([A-D])\b")
-_MC_PAREN_RE = re.compile(r"\(([A-D])\)")
-_MC_LEADING_RE = re.compile(r"^\s*([A-D])(?:[.):]|\s*$)")
 
 
 class MultipleChoiceTask(Task):
@@ -344,11 +400,7 @@ class MultipleChoiceTask(Task):
         return row["answer"]
 
     def extract(self, text: str) -> str | None:
-        for pattern in (_MC_ANSWER_RE, _MC_PAREN_RE, _MC_LEADING_RE):
-            found = pattern.findall(text)
-            if found:
-                return found[-1] if pattern is _MC_ANSWER_RE else found[0]
-        return None
+        return option_letter(text, _LETTERS)
 
 
 @register_task
