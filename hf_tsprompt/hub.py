@@ -502,7 +502,7 @@ def build_model_card(
             EvalResult(
                 task_type="text-generation",
                 dataset_type=dataset_id,
-                dataset_name=str(info.get("task") or dataset_id),
+                dataset_name=dataset_id,  # the Hub id (a "custom" task name says nothing)
                 dataset_config=info.get("task_config"),
                 dataset_split="test",
                 metric_type="accuracy",

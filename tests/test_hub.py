@@ -93,6 +93,7 @@ def test_card_metadata_parses_with_huggingface_hub(run, tmp_path):
     assert results[0].metric_type == "accuracy"
     assert results[0].metric_value == pytest.approx(100 * info["accuracy_after"])
     assert results[0].dataset_type == "openai/gsm8k" and results[0].dataset_split == "test"
+    assert results[0].dataset_name == "openai/gsm8k"  # the Hub id, not the task's name
     assert card.data.eval_results[0].metric_value == results[0].metric_value
 
 
@@ -515,7 +516,7 @@ def test_the_published_recipe_names_the_base_by_its_hub_id(hub, run, tmp_path):
     published.parent.mkdir()
     published.write_bytes(hub.repo_files(REPO)["recipe.yaml"])
     # Its local data folder is named relative to it: a reader without it is told so at once.
-    with pytest.raises(MissingFileError, match="gsm8k"):
+    with pytest.raises(ConfigError, match=r"data.source: ./gsm8k does not exist"):
         load_recipe(published)
     write_tiny_gsm8k(published.parent / "gsm8k")
     recipe = load_recipe(published)

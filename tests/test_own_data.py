@@ -242,6 +242,8 @@ def test_hub_ids_end_to_end_train_push_and_load_back(hub, tmp_path, model_dir):
     meta = _front_matter(files["README.md"].decode())
     assert meta["base_model"] == "alice/tiny-chat-llama"
     assert meta["datasets"] == ["alice/capitals-chat"]
+    (result,) = meta["model-index"][0]["results"]
+    assert result["dataset"]["type"] == result["dataset"]["name"] == "alice/capitals-chat"
     adapter_config = json.loads(files["adapter_config.json"])
     assert adapter_config["base_model_name_or_path"] == "alice/tiny-chat-llama"
 
