@@ -30,18 +30,7 @@ from hf_tsprompt.data import (
 )
 from hf_tsprompt.errors import ConfigError, DataError
 
-CAPITALS = [
-    ("France", "Paris"),
-    ("Japan", "Tokyo"),
-    ("Kenya", "Nairobi"),
-    ("Peru", "Lima"),
-    ("Canada", "Ottawa"),
-    ("Egypt", "Cairo"),
-    ("Norway", "Oslo"),
-    ("Chile", "Santiago"),
-    ("Vietnam", "Hanoi"),
-    ("Australia", "Canberra"),
-]
+from tiny import CAPITALS
 
 
 def _jsonl(path: Path, rows: list) -> Path:

@@ -24,6 +24,21 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+#: Ten (country, capital) pairs: the rows of the own-data tests (tests/test_data_custom.py,
+#: tests/test_own_data.py).
+CAPITALS = [
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Canada", "Ottawa"),
+    ("Egypt", "Cairo"),
+    ("Norway", "Oslo"),
+    ("Chile", "Santiago"),
+    ("Vietnam", "Hanoi"),
+    ("Australia", "Canberra"),
+]
+
 _CORPUS = [
     "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many "
     "clips in May. How many clips did Natalia sell altogether in April and May?",
