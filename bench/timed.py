@@ -15,7 +15,8 @@ Appends one JSON line to ``--out`` (default ``bench/results/timings.jsonl``):
   a time measured beside other work says so);
 - the provenance every benchmark record carries (:func:`common.run_metadata`): ``machine``,
   ``versions``, ``git`` (commit, and for a dirty tree the changed files and the diff's hash),
-  ``started``.
+  ``started``. ``versions`` are those of the interpreter running this script; a command that
+  installs into its own venv (``.ci/run``) prints its own, which ``tail`` keeps.
 
 The command's output streams through as it runs. The record is written whatever the outcome
 (a failing command is a record with its return code, not a missing line), and the script
