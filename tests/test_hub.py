@@ -120,6 +120,7 @@ def test_card_body_has_setup_topology_figures_and_citation(run):
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", text)
     assert links and all((run_dir / link).is_file() for link in links)
     assert "Optimizing Soft Prompt Tuning via Structural Evolution" in text
+    assert "year          = {2026}" in text and "eprint        = {2602.16500}" in text
     assert "transformers" in text and "peft" in text
     assert f"{100 * info['accuracy_after']:.1f}%" in text
 

@@ -35,6 +35,7 @@ NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?%?")
 
 #: Numbers on the first screen that are not measurements: (text on the screen, why).
 NOT_MEASUREMENTS: list[tuple[str, str]] = [
+    ("Huang et al., 2026, arXiv:2602.16500", "the paper's year and arXiv id"),
     ("SmolLM2-135M", "the model's name"),
     ("Gemma-3-270M", "the model's name"),
     ("tau 0.1, alpha 10, lambda_ts 1", "the paper's loss settings (checked below)"),
