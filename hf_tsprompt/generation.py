@@ -97,12 +97,19 @@ class MethodCheck:
         """peft is wrong and the fix is right in every setting."""
         return self.error is None and bool(self.peft_wrong) and not self.fix_wrong
 
+    @property
+    def wrong_settings(self) -> tuple[str, ...]:
+        """The :data:`SETTINGS` names where peft's own ``generate`` is wrong (``peft_wrong``
+        without the evidence), in the order of :data:`SETTINGS`."""
+        named = {entry.split(":")[0] for entry in self.peft_wrong}
+        return tuple(name for name, _, _ in SETTINGS if name in named)
+
     def wrong_in(self, setting: str) -> bool:
         """Whether peft's own ``generate`` is wrong in ``setting`` (a :data:`SETTINGS` name,
         e.g. ``"single row, cached"``, what a model card's snippet does)."""
         if setting not in {name for name, _, _ in SETTINGS}:
             raise ValueError(f"unknown setting {setting!r}; choose one of {_setting_names()}")
-        return any(entry.split(":")[0] == setting for entry in self.peft_wrong)
+        return setting in self.wrong_settings
 
     def describe(self) -> str:
         """One line: the verdict and its evidence."""
@@ -351,7 +358,9 @@ def _run_check(method: PromptMethod) -> MethodCheck:
 
 @functools.cache
 def _cached_check(method: PromptMethod, versions: str, peft_method: Any) -> MethodCheck:
-    return _run_check(method)
+    result = _run_check(method)
+    logger.debug("peft generate check: %s", result.describe())
+    return result
 
 
 def _check_method(method: PromptMethod) -> MethodCheck:
@@ -360,9 +369,7 @@ def _check_method(method: PromptMethod) -> MethodCheck:
     from peft.peft_model import PeftModelForCausalLM
 
     peft_method = PeftModelForCausalLM.__dict__.get("prepare_inputs_for_generation")
-    result = _cached_check(method, _peft_versions(), peft_method)
-    logger.debug("peft generate check: %s", result.describe())
-    return result
+    return _cached_check(method, _peft_versions(), peft_method)
 
 
 def check(method: str | None = None) -> dict[str, MethodCheck]:

@@ -420,7 +420,7 @@ def _generation_fix(adapter_config: Mapping[str, Any]) -> tuple[bool, str | None
     switch = found.needs_fix and found.wrong_in(SNIPPET_SETTING)
     if not found.peft_wrong or switch:
         return switch, None
-    settings = sorted({entry.split(":")[0] for entry in found.peft_wrong})
+    settings = found.wrong_settings
     fix = (
         "`hf_tsprompt.generation.fix_generate(model)` makes it right"
         if found.needs_fix
