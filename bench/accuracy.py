@@ -10,8 +10,8 @@ How: every training run goes through the real pipeline (``recipe_from_dict`` +
 ``topology/records.jsonl`` with the test accuracy of every snapshot, figures) under ``--work``
 (outside the repository). ``bench/correlation.py`` reads those folders for Table II and the
 figures. Methods are a registry (:data:`METHODS`): a *training* method is a set of recipe
-overrides; an *inference* method (ACT, DPC: ``hf_tsprompt.calibration`` /
-``hf_tsprompt.dpc``) evaluates the finished run of another method with an inference-time
+overrides; an *inference* method (ACT, DPC: ``hf_tsprompt.paper.calibration`` /
+``hf_tsprompt.paper.dpc``) evaluates the finished run of another method with an inference-time
 technique. ACT and DPC are not in the default method list because they need the finished
 soft-prompt runs: run them after the training methods with ``--methods act dpc`` (measured
 25-170 s per run on one core for BBH and MMLU; ``--quick`` runs both).
@@ -133,7 +133,7 @@ class MethodSpec:
 
 def _evaluate_act(run_dir: Path, spec: TaskSpec, max_new_tokens: int) -> Any:
     """ACT on a finished run: heads searched on its training rows, then the test rows."""
-    from hf_tsprompt.calibration import evaluate_with_act
+    from hf_tsprompt.paper.calibration import evaluate_with_act
     from hf_tsprompt.pipeline import calibrate_run, load_data, load_run_model
 
     model, tokenizer, recipe, _ = load_run_model(run_dir)
@@ -157,7 +157,7 @@ def _evaluate_act(run_dir: Path, spec: TaskSpec, max_new_tokens: int) -> Any:
 
 def _evaluate_dpc(run_dir: Path, spec: TaskSpec, max_new_tokens: int) -> Any:
     """DPC (default ``DPCConfig``) on a finished run's test rows."""
-    from hf_tsprompt.dpc import DPCConfig, evaluate_with_dpc
+    from hf_tsprompt.paper.dpc import DPCConfig, evaluate_with_dpc
     from hf_tsprompt.pipeline import load_data, load_run_model
 
     model, tokenizer, recipe, _ = load_run_model(run_dir)
@@ -226,14 +226,14 @@ METHODS: dict[str, MethodSpec] = {
     "act": MethodSpec(
         "inference",
         "ACT",
-        "attention calibration (hf_tsprompt.calibration) on the soft-prompt run",
+        "attention calibration (hf_tsprompt.paper.calibration) on the soft-prompt run",
         base="soft-prompt",
         evaluate=_evaluate_act,
     ),
     "dpc": MethodSpec(
         "inference",
         "DPC",
-        "dynamic prompt corruption (hf_tsprompt.dpc) on the soft-prompt run",
+        "dynamic prompt corruption (hf_tsprompt.paper.dpc) on the soft-prompt run",
         base="soft-prompt",
         evaluate=_evaluate_dpc,
     ),

@@ -22,13 +22,13 @@ every import of the package (those inside functions included) to enforce it. Imp
 functions are kept for optional or heavy third-party packages, and for the lower layers that
 the pipeline and the CLI load only when a command needs them (so ``--help`` stays fast).
 
-1. foundations: _version, errors, fsutil, hyperparams, metrics, runs
+1. foundations: _version, errors, extras, fsutil, hyperparams, metrics, runs
 2. core: topology, losses, regularizers, prompts
 3. pieces: records, callbacks, trainer, sft, data, data.answers, data.tasks, data.custom,
    data.loading, data.features, embedded, models, evaluation, generation, distributed,
-   attention, calibration, dpc
+   paper, paper.attention, paper.calibration, paper.dpc
 4. recipes: recipes
-5. readers: explain, analysis, plots, report, hub
+5. readers: explain, analysis, viz, viz.plots, viz.report, hub
 6. pipeline: pipeline
 7. entry: cli, __main__, hf_tsprompt
 

@@ -77,7 +77,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     dpc = None
     if args.dpc:
-        from .dpc import DPCConfig
+        from .paper.dpc import DPCConfig
 
         dpc = DPCConfig(trigger_ratio=args.dpc_trigger_ratio)
     result = evaluate_run(
@@ -99,7 +99,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_run, plot_runs
+    from .viz.plots import plot_run, plot_runs
 
     if args.labels and len(args.labels) != len(args.run_dirs):
         raise _usage(f"--labels needs one label per run folder ({len(args.run_dirs)}).")
@@ -163,7 +163,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .viz.report import build_report
 
     if args.labels and len(args.labels) != len(args.run_dirs):
         raise _usage(f"--labels needs one label per run folder ({len(args.run_dirs)}).")
@@ -400,7 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_user_error(err: BaseException) -> None:
     text = " ".join(str(err).split())
     name = type(err).__name__
-    print(textwrap.fill(f"error ({name}): {text}", width=100), file=sys.stderr)
+    # no break at hyphens or inside words: a command in the message (pip install
+    # 'hf-tsprompt[viz]') must stay copyable
+    wrapped = textwrap.fill(
+        f"error ({name}): {text}", width=100, break_on_hyphens=False, break_long_words=False
+    )
+    print(wrapped, file=sys.stderr)
 
 
 def _distributed_initialized() -> bool:

@@ -102,7 +102,7 @@ __all__ = [
 
 CARD_TEMPLATE = "adapter_card.md.jinja"
 #: The figures the card shows (those the run folder has), captioned as in the report: every
-#: figure hf_tsprompt.plots writes. Push uploads these and no other image, so every uploaded
+#: figure hf_tsprompt.viz.plots writes. Push uploads these and no other image, so every uploaded
 #: figure is shown on the card.
 CARD_FIGURES: tuple[FigureSpec, ...] = FIGURES
 

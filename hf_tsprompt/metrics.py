@@ -4,7 +4,7 @@ Every number a run records has one :class:`Metric` here: its ``key`` (as stored 
 ``topology/records.jsonl``, ``run.json``, ``analysis.json`` and the trainer's logs), its
 ``label`` (the one wording every table, card, report and figure prints), the paper's
 ``symbol``, its ``unit`` (what a figure's axis measures), and its format. Every figure
-:mod:`hf_tsprompt.plots` writes has one :class:`FigureSpec`: its file name under
+:mod:`hf_tsprompt.viz.plots` writes has one :class:`FigureSpec`: its file name under
 ``figures/`` and its title (the plot's title, the card's and the report's caption).
 
 Readers select from here instead of re-spelling names: callbacks log ``topo/<key>`` for
@@ -320,7 +320,7 @@ TRAINER_LOG_KEYS: tuple[str, ...] = ("loss_ce", "loss_ts", "ts_h0", "ts_h1", "ts
 
 @dataclass(frozen=True)
 class FigureSpec:
-    """One figure of :mod:`hf_tsprompt.plots`.
+    """One figure of :mod:`hf_tsprompt.viz.plots`.
 
     Attributes:
         file: its file name under ``figures/``.
@@ -360,8 +360,8 @@ FIG_TSNE = FigureSpec("tsne.png", "Prompt vectors over training, t-SNE", "Fig. 9
 FIG_LOSS = FigureSpec("loss.png", "Training loss and its parts over training", "Figs. 4, 5")
 FIG_ACCURACY = FigureSpec("accuracy.png", "Accuracy at the topology snapshots", "Tables II, IV")
 
-#: Every figure :mod:`hf_tsprompt.plots` writes, in the order :func:`~hf_tsprompt.plots.plot_run`
-#: draws them.
+#: Every figure :mod:`hf_tsprompt.viz.plots` writes, in the order
+#: :func:`~hf_tsprompt.viz.plots.plot_run` draws them.
 FIGURES: tuple[FigureSpec, ...] = (
     FIG_DIAGRAMS,
     FIG_BARCODES,

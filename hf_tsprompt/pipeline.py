@@ -14,7 +14,7 @@ Run folder layout (``recipe.run_dir``)::
     trainer_state.json     transformers' TrainerState (log_history: loss, loss_ce, topo/*...)
     topology/              PersistenceCallback records (see hf_tsprompt.records)
     eval/before.json, eval/before_predictions.jsonl, eval/after.json, ...
-    figures/*.png          hf_tsprompt.plots
+    figures/*.png          hf_tsprompt.viz.plots
     README.md              the model card (hf_tsprompt.hub)
     checkpoint-N/          Trainer checkpoints, if the recipe saves any
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, MissingFileError, RunFolderError
+from .errors import ConfigError, MissingDependencyError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_json, atomic_write_text
 from .metrics import SUMMARY_TABLE_KEYS, format_value, metric_label
 from .recipes import TRAINING_DEFAULTS, Recipe, load_run_recipe
@@ -650,8 +650,11 @@ def _training_summary(args: Any) -> dict[str, Any]:
 
 
 def _figures(run_dir: Path, log: Log) -> list[Path]:
-    from .plots import plot_run
-
+    try:  # lazy: figures are the optional [viz] extra
+        from .viz.plots import plot_run
+    except MissingDependencyError as err:
+        log(f"[hf-tsprompt] figures skipped: {err}")
+        return []
     try:
         return list(plot_run(run_dir))
     except Exception as err:  # a figure must never cost the user a finished run
@@ -761,7 +764,7 @@ def evaluate_run(
 
     ``calibration="act"`` evaluates with ACT attention calibration (heads searched on the
     run's training rows once and saved in ``<run>/calibration/act.json``, reused while the
-    adapter is unchanged); ``dpc`` (a :class:`hf_tsprompt.dpc.DPCConfig`, or True for its
+    adapter is unchanged); ``dpc`` (a :class:`hf_tsprompt.paper.dpc.DPCConfig`, or True for its
     defaults) evaluates with dynamic prompt corruption. ``name`` defaults to ``after``,
     ``after_act`` or ``after_dpc``; only a plain re-evaluation updates ``accuracy_after``.
     ``loaded`` = ``(peft_model, tokenizer)`` reuses a model already in memory.
@@ -788,14 +791,14 @@ def evaluate_run(
         "max_prompt_tokens": recipe.data.max_length,
     }
     if calibration == "act":
-        from .calibration import act_attention
+        from .paper.calibration import act_attention
 
         act = calibrate_run(run_dir, model=model, tokenizer=tokenizer)
         with act_attention(model, act):
             result = evaluate_model(model, tokenizer, task, test_rows, **kwargs)
         name = name or "after_act"
     elif dpc:
-        from .dpc import DPCConfig, evaluate_with_dpc
+        from .paper.dpc import DPCConfig, evaluate_with_dpc
 
         config = dpc if isinstance(dpc, DPCConfig) else DPCConfig()
         result = evaluate_with_dpc(model, tokenizer, task, test_rows, config=config, **kwargs)
@@ -810,7 +813,7 @@ def evaluate_run(
     return result
 
 
-# --- ACT heads of a run (hf_tsprompt.calibration is ACT itself) ----------------------------
+# --- ACT heads of a run (hf_tsprompt.paper.calibration is ACT itself) ----------------------------
 
 
 def act_path(run_dir: str | Path) -> Path:
@@ -831,7 +834,7 @@ def load_act(run_dir: str | Path) -> Any:
             f"{path} does not exist: search the heads first (hf_tsprompt.pipeline."
             "calibrate_run(run_dir), or `hf-tsprompt evaluate RUN_DIR --calibration act`)"
         )
-    from .calibration import ACTConfig
+    from .paper.calibration import ACTConfig
 
     return ACTConfig.from_json(path.read_text(encoding="utf-8"))
 
@@ -868,7 +871,7 @@ def calibrate_run(
     :func:`hf_tsprompt.pipeline.load_run_model`); ``search`` goes to :func:`find_act_heads`
     (``batch_size`` and ``max_length`` default to the recipe's evaluation batch size and
     ``data.max_length``)."""
-    from .calibration import find_act_heads
+    from .paper.calibration import find_act_heads
 
     run_dir = Path(run_dir)
     fingerprint = adapter_fingerprint(run_dir)

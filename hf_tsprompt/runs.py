@@ -8,7 +8,7 @@ A run folder is what ``hf-tsprompt train`` writes and everything else reads::
     trainer_state.json     TRAINER_STATE_FILE: transformers' TrainerState (log_history)
     topology/records.jsonl TOPOLOGY_DIR / RECORDS_FILE: PersistenceCallback's barcodes
     eval/<name>.json       EVAL_DIR: eval_paths(run, name), with <name>_predictions.jsonl
-    figures/*.png          FIGURES_DIR: hf_tsprompt.plots
+    figures/*.png          FIGURES_DIR: hf_tsprompt.viz.plots
     README.md              CARD_FILE: the model card
     explain.json/.md, analysis.json/.md, report.html, calibration/act.json
     checkpoint-N/          Trainer checkpoints, if the recipe saves any
@@ -101,7 +101,7 @@ EXPLAIN_MD = "explain.md"
 ANALYSIS_MD = "analysis.md"
 ANALYSIS_JSON = "analysis.json"
 CALIBRATION_DIR = "calibration"
-#: ACT's head search result (``hf_tsprompt.calibration``), relative to the run folder.
+#: ACT's head search result (``hf_tsprompt.paper.calibration``), relative to the run folder.
 ACT_FILE = f"{CALIBRATION_DIR}/act.json"
 LOCK_FILE = ".lock"
 #: Names a run writes into its folder; ``overwrite`` removes these (and checkpoints) only.

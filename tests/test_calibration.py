@@ -1,4 +1,4 @@
-"""ACT (hf_tsprompt.calibration) on a tiny Llama with a peft soft prompt.
+"""ACT (hf_tsprompt.paper.calibration) on a tiny Llama with a peft soft prompt.
 
 The reference for every attention check is transformers' own eager attention
 (``output_attentions=True``) on the unmodified model, and the sink rule is re-derived here
@@ -13,7 +13,10 @@ import pytest
 import torch
 from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
-from hf_tsprompt.calibration import (
+from hf_tsprompt.data import get_task, tokenize_example
+from hf_tsprompt.errors import ConfigError
+from hf_tsprompt.evaluation import evaluate_model, greedy_prompt_learning
+from hf_tsprompt.paper.calibration import (
     ATTN_IMPLEMENTATION,
     ACTConfig,
     act_attention,
@@ -21,9 +24,6 @@ from hf_tsprompt.calibration import (
     evaluate_with_act,
     find_act_heads,
 )
-from hf_tsprompt.data import get_task, tokenize_example
-from hf_tsprompt.errors import ConfigError
-from hf_tsprompt.evaluation import evaluate_model, greedy_prompt_learning
 
 from tiny import tiny_llama
 

@@ -1,4 +1,4 @@
-"""DPC (hf_tsprompt.dpc) on a tiny Llama with a peft soft prompt.
+"""DPC (hf_tsprompt.paper.dpc) on a tiny Llama with a peft soft prompt.
 
 Saliency is checked against plain autograd through transformers' eager attention
 (``output_attentions=True`` + ``retain_grad``), and masking against the base model run with a
@@ -15,7 +15,9 @@ import torch
 from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
 from hf_tsprompt.data import build_prompt, encode_prompt, get_task
-from hf_tsprompt.dpc import (
+from hf_tsprompt.errors import ConfigError
+from hf_tsprompt.evaluation import evaluate_model
+from hf_tsprompt.paper.dpc import (
     DPCConfig,
     accumulation_positions,
     corrupt_soft_prompt,
@@ -25,8 +27,6 @@ from hf_tsprompt.dpc import (
     saliency_maps,
     soft_prompt_flow,
 )
-from hf_tsprompt.errors import ConfigError
-from hf_tsprompt.evaluation import evaluate_model
 
 from tiny import tiny_llama
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_tsprompt import metrics, plots
+from hf_tsprompt import metrics
 from hf_tsprompt.errors import ConfigError
 from hf_tsprompt.metrics import (
     EVOLUTION_TABLE_KEYS,
@@ -41,6 +41,7 @@ from hf_tsprompt.metrics import (
 )
 from hf_tsprompt.records import make_record, prompt_file_name, topology_dir, write_snapshot
 from hf_tsprompt.topology import EVOLUTION_KEYS, SUMMARY_KEYS, persistence
+from hf_tsprompt.viz import plots
 
 # --- the vocabulary ------------------------------------------------------------------------
 
@@ -248,7 +249,7 @@ class _Text(HTMLParser):
 def test_card_and_report_print_the_same_label_with_the_same_number(recorded, tmp_path):
     from hf_tsprompt.hub import build_model_card
     from hf_tsprompt.records import evolution_stats, read_records
-    from hf_tsprompt.report import build_report
+    from hf_tsprompt.viz.report import build_report
 
     run = Path(shutil.copytree(recorded, tmp_path / "run"))
     plots.plot_run(run)  # the card embeds the figures the run folder has

@@ -56,7 +56,7 @@ HUB_TOKEN = "hf_test_token"  # alice's write token on the local hub (tests/conft
 
 #: Declared dependencies the library does not import itself, and who needs them at run time.
 RUNTIME_ONLY = {
-    "gguf": "transformers reads the embedded models' GGUF files with it",
+    "gguf": "transformers reads the embedded models' GGUF files with it ([embedded] extra)",
     "jinja2": "huggingface_hub's ModelCard.from_template renders the card with it",
     "safetensors": "peft saves and loads adapters as safetensors with it",
 }
@@ -68,9 +68,17 @@ def _dist_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _declared() -> dict[str, Requirement]:
-    reqs = (Requirement(r) for r in PYPROJECT["project"]["dependencies"])
+def _declared(extra: str | None = None) -> dict[str, Requirement]:
+    """The core dependencies, or with ``extra`` that optional extra's own list."""
+    project = PYPROJECT["project"]
+    listed = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
+    reqs = (Requirement(r) for r in listed)
     return {_dist_name(r.name): r for r in reqs}
+
+
+#: The subpackage of each optional extra whose modules may import that extra's packages
+#: (hf_tsprompt/extras.py); every other module may import the core dependencies only.
+EXTRA_PACKAGES = {"viz": "viz", "embedded": "embedded"}
 
 
 def _tree_packages() -> set[str]:
@@ -117,9 +125,17 @@ def test_card_template_is_read_as_package_data():
     assert card_template() == expected
 
 
-def _imported_top_level_modules() -> set[str]:
+def _imported_top_level_modules(under: str | None = None) -> set[str]:
+    """Top-level names the package's modules import; with ``under`` only that subpackage's,
+    without it only the modules outside every extra's subpackage."""
     names = set()
+    extras_dirs = {ROOT / "hf_tsprompt" / sub for sub in EXTRA_PACKAGES.values()}
     for path in (ROOT / "hf_tsprompt").rglob("*.py"):
+        inside = {d for d in extras_dirs if d in path.parents}
+        if (under is None and inside) or (
+            under is not None and ROOT / "hf_tsprompt" / under not in path.parents
+        ):
+            continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names.update(alias.name.split(".")[0] for alias in node.names)
@@ -129,19 +145,28 @@ def _imported_top_level_modules() -> set[str]:
 
 
 def test_every_declared_dependency_is_used_and_every_import_declared():
+    """Core modules import core dependencies only; an extra's subpackage may add its extra's."""
     declared = _declared()
+    all_declared = dict(declared)
     providers = packages_distributions()  # top-level module -> distributions installed
     used: set[str] = set()
     undeclared = []
-    for module in sorted(_imported_top_level_modules()):
-        if module in sys.stdlib_module_names or module in {"hf_tsprompt", *OPTIONAL_IMPORTS}:
-            continue
-        dists = {_dist_name(d) for d in providers.get(module, [])}
-        if dists & declared.keys():
-            used |= dists & declared.keys()
-        else:
-            undeclared.append(f"{module} (from {sorted(dists) or 'no installed distribution'})")
+    scopes = [(None, declared)]
+    for extra, sub in EXTRA_PACKAGES.items():
+        scopes.append((sub, declared | _declared(extra)))
+        all_declared |= _declared(extra)
+    for under, allowed in scopes:
+        for module in sorted(_imported_top_level_modules(under)):
+            if module in sys.stdlib_module_names or module in {"hf_tsprompt", *OPTIONAL_IMPORTS}:
+                continue
+            dists = {_dist_name(d) for d in providers.get(module, [])}
+            if dists & allowed.keys():
+                used |= dists & allowed.keys()
+            else:
+                found = sorted(dists) or "no installed distribution"
+                undeclared.append(f"{module} in {under or 'the core'} (from {found})")
     assert not undeclared, f"hf_tsprompt imports undeclared packages: {undeclared}"
+    declared = all_declared
     unused = sorted(declared.keys() - used - RUNTIME_ONLY.keys())
     assert not unused, f"declared in pyproject.toml but never imported: {unused}"
     assert not used & RUNTIME_ONLY.keys(), f"imported now: {used & RUNTIME_ONLY.keys()}"
@@ -193,6 +218,8 @@ def test_wheel_holds_the_package_its_template_and_its_metadata(wheel):
         if r.marker is None  # the `test` extra's requirements carry a marker
     }
     assert {k: str(v) for k, v in shipped.items()} == {k: str(v) for k, v in _declared().items()}
+    extras = set(re.findall(r"^Provides-Extra: (.+)$", metadata, flags=re.M))
+    assert extras == set(PYPROJECT["project"]["optional-dependencies"])
     assert "hf-tsprompt = hf_tsprompt.cli:main" in entry_points
 
 
@@ -364,13 +391,18 @@ def test_the_readme_commands_install_what_ci_tested():
 def test_constraints_pin_every_dependency_and_the_lower_bounds_are_the_tested_ones():
     pinned, lowest = _pins("constraints.txt"), _pins("constraints-lowest.txt")
     assert pinned.keys() == lowest.keys()
-    test_extra = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["test"]]
-    for req in [*_declared().values(), *test_extra]:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    optional = [Requirement(r) for listed in extras.values() for r in listed]
+    for req in [*_declared().values(), *optional]:
         name = _dist_name(req.name)
         assert name in pinned, f"constraints.txt does not pin {name}"
         assert req.specifier.contains(pinned[name]), f"{name}=={pinned[name]} outside {req}"
         assert req.specifier.contains(lowest[name]), f"{name}=={lowest[name]} outside {req}"
-    for name, req in _declared().items():
+    every = {
+        **_declared(),
+        **{k: v for e in extras if e != "test" for k, v in _declared(e).items()},
+    }
+    for name, req in every.items():
         (bound,) = req.specifier
         assert bound.operator == ">=", f"{req}: a range with a tested lower bound"
         # torch's bound is its minor release: the CPU build is 2.13.0+cpu

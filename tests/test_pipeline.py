@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from hf_tsprompt.calibration import ACTConfig
 from hf_tsprompt.errors import MissingFileError
+from hf_tsprompt.paper.calibration import ACTConfig
 from hf_tsprompt.pipeline import act_path, adapter_fingerprint, calibrate_run, load_act, save_act
 
 from tiny import make_tiny_run

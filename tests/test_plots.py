@@ -15,7 +15,6 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
 
-from hf_tsprompt import plots
 from hf_tsprompt.callbacks import PersistenceCallback
 from hf_tsprompt.errors import ConfigError, MissingFileError
 from hf_tsprompt.prompts import get_prompt_model
@@ -29,6 +28,7 @@ from hf_tsprompt.records import (
 )
 from hf_tsprompt.topology import persistence
 from hf_tsprompt.trainer import TopologicalPromptConfig, TopologicalPromptTrainer
+from hf_tsprompt.viz import plots
 
 from tiny import tiny_llama, tiny_lm_dataset
 
@@ -179,7 +179,7 @@ def test_snapshot_choice(runs, tmp_path, drawn):
 
 def test_no_trainer_state_skips_the_loss_figure(run, tmp_path, caplog):
     (run / "trainer_state.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.plots"):
+    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.viz.plots"):
         assert plots.plot_loss(run, tmp_path) == []
     assert "no trainer_state.json" in caplog.text and "figure loss skipped" in caplog.text
 
@@ -194,14 +194,14 @@ def test_trainer_state_of_the_latest_checkpoint_is_used(run, tmp_path):
 
 def test_unreadable_trainer_state_is_a_reason_not_a_crash(run, tmp_path, caplog):
     (run / "trainer_state.json").write_text("{ torn")
-    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.plots"):
+    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.viz.plots"):
         assert plots.plot_loss(run, tmp_path) == []
     assert "unreadable" in caplog.text
 
 
 def test_no_prompt_files_skips_the_geometry_figures(run, tmp_path, caplog):
     shutil.rmtree(run / "topology" / "prompts")
-    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.plots"):
+    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.viz.plots"):
         for fn in (plots.plot_heatmaps, plots.plot_pca, plots.plot_tsne):
             assert fn(run, tmp_path) == []
     assert "no saved prompt arrays" in caplog.text
@@ -217,7 +217,7 @@ def test_no_accuracy_skips_the_accuracy_figure(run, tmp_path, caplog):
         rec.pop("eval", None)
         lines.append(json.dumps(rec))
     file.write_text("\n".join(lines) + "\n")
-    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.plots"):
+    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.viz.plots"):
         assert plots.plot_accuracy(run, tmp_path) == []
     assert "no run has two or more accuracies" in caplog.text
     assert plots.plot_diagrams(run, tmp_path)  # panel titles simply omit the accuracy
@@ -225,7 +225,7 @@ def test_no_accuracy_skips_the_accuracy_figure(run, tmp_path, caplog):
 
 def test_no_records_leaves_only_the_loss(run, tmp_path, caplog):
     shutil.rmtree(run / "topology")
-    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.plots"):
+    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.viz.plots"):
         paths = plots.plot_run(run, tmp_path)
     assert [p.name for p in paths] == ["loss.png"]
     assert "records.jsonl" in caplog.text
@@ -233,7 +233,7 @@ def test_no_records_leaves_only_the_loss(run, tmp_path, caplog):
 
 def test_a_run_without_records_is_left_out_of_an_overlay(runs, run, tmp_path, caplog, drawn):
     shutil.rmtree(run / "topology")
-    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.plots"):
+    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.viz.plots"):
         paths = plots.plot_topology_curves([runs[0], run], tmp_path, labels=["a", "b"])
     assert paths == [tmp_path / "topology_curves.png"]
     assert "run 'b' left out" in caplog.text
@@ -278,7 +278,7 @@ def test_embeddings_of_three_points(tmp_path, fn, drawn):
 
 def test_embeddings_of_fewer_than_three_points_are_skipped(tmp_path, caplog):
     run = _tiny_run(tmp_path / "two", n_points=2)
-    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.plots"):
+    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.viz.plots"):
         assert plots.plot_tsne(run, tmp_path) == []
     assert "fewer than 3 prompt vectors" in caplog.text
 
@@ -286,7 +286,7 @@ def test_embeddings_of_fewer_than_three_points_are_skipped(tmp_path, caplog):
 def test_single_snapshot_run_draws_no_curve(tmp_path, caplog):
     run = _tiny_run(tmp_path / "one", n_points=6)
     assert len(read_records(run)) == 1
-    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.plots"):
+    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.viz.plots"):
         names = sorted(p.name for p in plots.plot_run(run, tmp_path / "out"))
     # one point is no curve over training: only the per-snapshot figures are drawn
     assert names == ["barcodes.png", "diagrams.png", "heatmaps.png", "pca.png", "tsne.png"]
@@ -321,7 +321,7 @@ def test_evolution_figure_draws_the_distances_between_consecutive_snapshots(tmp_
 
 def test_evolution_needs_three_snapshots(tmp_path, caplog):
     run = _tiny_run(tmp_path / "two", n_points=6, n_snapshots=2)
-    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.plots"):
+    with caplog.at_level(logging.WARNING, logger="hf_tsprompt.viz.plots"):
         assert plots.plot_evolution(run, tmp_path) == []
     assert "a curve needs 3" in caplog.text
 

@@ -1,4 +1,4 @@
-"""hf_tsprompt.report: one self-contained HTML file for one or several runs.
+"""hf_tsprompt.viz.report: one self-contained HTML file for one or several runs.
 
 The report of a real tiny run and of a copy of it with a hostile name is built once per module.
 The file is checked statically (parsed with html.parser: every src is a data: URI, every href
@@ -29,7 +29,7 @@ import pytest
 
 from hf_tsprompt.errors import MissingFileError
 from hf_tsprompt.explain import explain_run, save_explain
-from hf_tsprompt.report import FIGURE_SECTIONS, build_report
+from hf_tsprompt.viz.report import FIGURE_SECTIONS, build_report
 
 from procs import kill_tree, start_process
 from tiny import make_tiny_run

@@ -10,14 +10,14 @@ are delegated to the model's own implementation (eager or sdpa); edited layers u
 calibration itself runs in float32.
 
 This module owns *how* attention probabilities are edited inside one forward call, whatever
-asks for it: key masking (DPC's corruption, :mod:`hf_tsprompt.dpc`), ACT's sink rule (scale
+asks for it: key masking (DPC's corruption, :mod:`hf_tsprompt.paper.dpc`), ACT's sink rule (scale
 each sink's attention by ``beta`` and hand the freed mass to the other keys, with column
 statistics that carry across the calls of one generation), gradient probes on the
 probabilities and capture of them (:class:`AttentionRecord`). *Which* heads and positions to
 edit, and when, is the methods' business: ACT's configuration and head search are
-:mod:`hf_tsprompt.calibration` (its :class:`~hf_tsprompt.calibration.ACTConfig` is what
+:mod:`hf_tsprompt.paper.calibration` (its :class:`~hf_tsprompt.paper.calibration.ACTConfig` is what
 ``act=`` takes, read through :class:`SinkCalibration`), DPC's triggers are
-:mod:`hf_tsprompt.dpc`. Both import this module; it imports neither.
+:mod:`hf_tsprompt.paper.dpc`. Both import this module; it imports neither.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .prompts import unwrap_model
+from ..errors import ConfigError
+from ..prompts import unwrap_model
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -50,7 +50,7 @@ ATTN_IMPLEMENTATION = "hf_tsprompt"
 
 class SinkCalibration(Protocol):
     """What the sink rule reads from ``attention_hooks(act=...)``; the one implementation is
-    :class:`hf_tsprompt.calibration.ACTConfig` (see it for each field's meaning)."""
+    :class:`hf_tsprompt.paper.calibration.ACTConfig` (see it for each field's meaning)."""
 
     heads: Mapping[int, Sequence[int]]
     scale: float

@@ -4,10 +4,10 @@ For each run: its configuration (the resolved recipe), accuracy before and after
 loss curves, topology curves, barcodes and persistence diagrams, distance heatmaps, PCA and
 t-SNE of the prompt, and the explain table (:mod:`hf_tsprompt.explain`). With several runs a
 comparison section comes first: a table with one column per run, the recipe keys that differ,
-the overlay figures of :func:`hf_tsprompt.plots.plot_runs`, and barcodes and heatmaps side by
+the overlay figures of :func:`hf_tsprompt.viz.plots.plot_runs`, and barcodes and heatmaps side by
 side.
 
-**Self-contained.** The figures are drawn by :mod:`hf_tsprompt.plots` into a temporary folder
+**Self-contained.** The figures are drawn by :mod:`hf_tsprompt.viz.plots` into a temporary folder
 and embedded as ``data:image/png;base64`` URIs; the style is inline; there is no script and no
 external link, so the file opens offline, from an e-mail or a CI artifact alike. Every string
 read from a run folder (run and task names, recipe values, token texts) goes through
@@ -31,10 +31,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
-from .errors import ConfigError, MissingFileError, RunFolderError
-from .fsutil import atomic_write_text, read_json_dict
-from .metrics import (
+from .._version import __version__
+from ..errors import ConfigError, MissingFileError, RunFolderError
+from ..fsutil import atomic_write_text, read_json_dict
+from ..metrics import (
     EVOLUTION_TABLE_KEYS,
     FIG_ACCURACY,
     FIG_BARCODES,
@@ -54,8 +54,8 @@ from .metrics import (
     format_value,
     metric_label,
 )
-from .records import evolution_stats, read_records
-from .runs import REPORT_FILE, eval_paths, read_recipe_text, read_run, records_file
+from ..records import evolution_stats, read_records
+from ..runs import REPORT_FILE, eval_paths, read_recipe_text, read_run, records_file
 
 __all__ = ["FIGURE_SECTIONS", "build_report"]
 
@@ -72,7 +72,7 @@ FIGURE_SECTIONS: tuple[tuple[str, str, tuple[FigureSpec, ...]], ...] = (
     ("heatmaps", "Distance heatmaps", (FIG_HEATMAPS,)),
     ("embedding", "PCA and t-SNE", (FIG_PCA, FIG_TSNE)),
 )
-#: The overlays of :func:`hf_tsprompt.plots.plot_runs` in the comparison section.
+#: The overlays of :func:`hf_tsprompt.viz.plots.plot_runs` in the comparison section.
 COMPARE_FIGURES: tuple[FigureSpec, ...] = (
     FIG_ACCURACY,
     FIG_LOSS,
@@ -183,7 +183,7 @@ def _unique_labels(runs: list[_Run], labels: Sequence[str] | None) -> None:
 
 @contextlib.contextmanager
 def _captured_warnings() -> Iterator[list[str]]:
-    """Collect the reasons :mod:`hf_tsprompt.plots` logs for figures it skips."""
+    """Collect the reasons :mod:`hf_tsprompt.viz.plots` logs for figures it skips."""
     messages: list[str] = []
 
     class _Handler(logging.Handler):
@@ -191,7 +191,7 @@ def _captured_warnings() -> Iterator[list[str]]:
             messages.append(record.getMessage())
 
     handler = _Handler(logging.WARNING)
-    plot_logger = logging.getLogger("hf_tsprompt.plots")
+    plot_logger = logging.getLogger("hf_tsprompt.viz.plots")
     plot_logger.addHandler(handler)
     try:
         yield messages
@@ -238,7 +238,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], num_cols: int =
 
 def _load_explain(run: _Run, vocabs: dict[Any, Any]) -> None:
     """Reuse a fresh ``explain.json``, else compute the explanation (never fails the report)."""
-    from .explain import (
+    from ..explain import (
         EXPLAIN_JSON,
         _base_model_ref,
         _run_method,
@@ -270,7 +270,7 @@ def _load_explain(run: _Run, vocabs: dict[Any, Any]) -> None:
 
 
 def _explain_html(run: _Run) -> str:
-    from .explain import neighbour_text
+    from ..explain import neighbour_text
 
     res = run.explain
     if res is None:

