@@ -73,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .pipeline import evaluate_run
+    from .finished import evaluate_run
 
     dpc = None
     if args.dpc:
