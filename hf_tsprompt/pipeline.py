@@ -44,7 +44,9 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import Trainer, set_seed
+from transformers.integrations import get_available_reporting_integrations
 from transformers.trainer_callback import PrinterCallback
+from transformers.utils import is_liger_kernel_available
 
 from .callbacks import PersistenceCallback
 from .data import TrainCollator, build_train_dataset, uses_chat_template
@@ -53,6 +55,7 @@ from .evaluation import evaluate_model, save_eval
 from .explain import Vocabulary, explain_run, save_explain
 from .finished import evaluate_run, load_data
 from .fsutil import atomic_write_text
+from .hub import save_model_card
 from .metrics import SUMMARY_TABLE_KEYS, format_value, metric_label
 from .models import load_base_model
 from .prompts import get_prompt_model
@@ -72,7 +75,7 @@ from .runs import (
     save_adapter,
     write_run,
 )
-from .trainer import TopologicalLossMixin, TopologicalPromptTrainer
+from .trainer import TopologicalLossMixin, TopologicalPromptConfig, TopologicalPromptTrainer
 
 __all__ = [
     "SUMMARY_METRICS",
@@ -158,8 +161,6 @@ def _has_accelerator() -> bool:
 
 def training_config(recipe: Recipe, run_dir: Path):
     """``TopologicalPromptConfig`` from the recipe's training and ts sections."""
-    from .trainer import TopologicalPromptConfig
-
     values: dict[str, Any] = {
         **TRAINING_DEFAULTS,
         # Without an accelerator, say so: only then does TrainingArguments set up gloo DDP
@@ -186,8 +187,6 @@ def training_config(recipe: Recipe, run_dir: Path):
 def _check_training_on_this_machine(values: dict[str, Any]) -> None:
     """The recipe-independent checks of :mod:`hf_tsprompt.recipes` cannot know the machine:
     refuse here (still before any model loads) what this one cannot honour."""
-    import torch
-
     if values.get("fp16") and not torch.cuda.is_available():
         raise ConfigError(
             "training.fp16 needs a CUDA GPU; on this machine the Trainer would silently train "
@@ -199,19 +198,14 @@ def _check_training_on_this_machine(values: dict[str, Any]) -> None:
             f"training.dataloader_num_workers={workers} would start {workers} processes on a "
             f"machine with {cores} cores; use at most {4 * cores} (torch suggests one per core)."
         )
-    if values.get("use_liger_kernel"):
-        from transformers.utils import is_liger_kernel_available
-
-        if not is_liger_kernel_available():
-            raise ConfigError(
-                "training.use_liger_kernel needs the liger-kernel package (pip install "
-                "liger-kernel), or set it to false."
-            )
+    if values.get("use_liger_kernel") and not is_liger_kernel_available():
+        raise ConfigError(
+            "training.use_liger_kernel needs the liger-kernel package (pip install "
+            "liger-kernel), or set it to false."
+        )
     report_to = values.get("report_to")
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     if any(n not in ("none", "all") for n in names):
-        from transformers.integrations import get_available_reporting_integrations
-
         available = get_available_reporting_integrations()
         for name in names:
             if name not in ("none", "all") and name not in available:
@@ -225,8 +219,6 @@ def _check_training_on_this_machine(values: dict[str, Any]) -> None:
 def _check_optimizer(args: Any) -> None:
     """Resolve ``optim`` / ``optim_args`` as the Trainer will, before any model loads: an
     optimizer whose package is missing (bitsandbytes, GaLore, ...) fails here, not mid-run."""
-    from transformers import Trainer
-
     optim = str(getattr(args.optim, "value", args.optim))
     if "galore" in optim or "apollo" in optim:
         return  # these resolve their target modules on the model itself
@@ -628,8 +620,6 @@ def _explain(run_dir: Path, loaded: Any, log: Log) -> None:
 
 
 def _card(run_dir: Path, log: Log) -> None:
-    from .hub import save_model_card
-
     try:
         save_model_card(run_dir)
     except Exception as err:  # the card can be rebuilt from the run folder later
