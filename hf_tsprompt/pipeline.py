@@ -1,7 +1,9 @@
 """The main job: a recipe in, a complete run folder out (``hf-tsprompt train``).
 
 Stages, each reading the previous one's files (so ``evaluate``, ``plot``, ``analyze`` and
-``push`` also work on a finished run folder)::
+``push`` also work on a finished run folder). This module only orchestrates: each stage's
+work lives with its owner (the run folder in :mod:`hf_tsprompt.runs`, a finished run's
+evaluation and ACT heads in :mod:`hf_tsprompt.finished`, figures in :mod:`hf_tsprompt.viz`)::
 
     recipe --validate--> model + data --evaluate before--> train (TSLoss, barcodes)
            --> adapter/ + trainer_state.json --evaluate after--> figures/ --> README.md card

@@ -212,7 +212,7 @@ def read_recipe_text(run_dir: str | Path, *, strict: bool = True) -> tuple[dict[
     ``strict``: raise :class:`RunFolderError` when the file is missing or is not a YAML
     mapping. Lenient: ``({}, "")`` when missing, ``({}, text)`` when unparsable.
     """
-    import yaml
+    import yaml  # lazy: the CLI imports this module for ``--help``, which needs no YAML
 
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():

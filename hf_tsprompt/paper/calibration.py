@@ -71,6 +71,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data import IGNORE_INDEX, get_task, tokenize_example
 from ..errors import ConfigError, MissingFileError
@@ -324,8 +325,6 @@ def find_act_heads(
             not rows of ``task``, or no head helps (unless ``allow_empty``, which returns a
             config that leaves the model unchanged).
     """
-    from tqdm.auto import tqdm
-
     task = get_task(task)
     probe_config = ACTConfig(
         heads={}, scale=scale, threshold=threshold, threshold_mode=threshold_mode,
