@@ -133,8 +133,8 @@ class MethodSpec:
 
 def _evaluate_act(run_dir: Path, spec: TaskSpec, max_new_tokens: int) -> Any:
     """ACT on a finished run: heads searched on its training rows, then the test rows."""
+    from hf_tsprompt.finished import calibrate_run, load_data, load_run_model
     from hf_tsprompt.paper.calibration import evaluate_with_act
-    from hf_tsprompt.pipeline import calibrate_run, load_data, load_run_model
 
     model, tokenizer, recipe, _ = load_run_model(run_dir)
     # A search that finds no helpful head is a result (ACT leaves the model as it is), not a
@@ -157,8 +157,8 @@ def _evaluate_act(run_dir: Path, spec: TaskSpec, max_new_tokens: int) -> Any:
 
 def _evaluate_dpc(run_dir: Path, spec: TaskSpec, max_new_tokens: int) -> Any:
     """DPC (default ``DPCConfig``) on a finished run's test rows."""
+    from hf_tsprompt.finished import load_data, load_run_model
     from hf_tsprompt.paper.dpc import DPCConfig, evaluate_with_dpc
-    from hf_tsprompt.pipeline import load_data, load_run_model
 
     model, tokenizer, recipe, _ = load_run_model(run_dir)
     task, _, test_rows = load_data(recipe)
@@ -422,7 +422,8 @@ def run_one(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """Train (or evaluate, for an inference method) one (task, method, seed); the record."""
-    from hf_tsprompt.pipeline import read_run, train_from_recipe
+    from hf_tsprompt.pipeline import train_from_recipe
+    from hf_tsprompt.runs import read_run
 
     spec = METHODS[method]
     t0 = time.perf_counter()

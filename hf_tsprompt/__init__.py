@@ -20,7 +20,8 @@ Layers. A module imports only from its own layer or the layers listed before it,
 imports inside one layer form no cycle; ``tests/test_layers.py`` reads this table and walks
 every import of the package (those inside functions included) to enforce it. Imports inside
 functions are kept for optional or heavy third-party packages, and for the lower layers that
-the pipeline and the CLI load only when a command needs them (so ``--help`` stays fast).
+the CLI loads only when a command needs them (so ``--help`` stays fast); the pipeline imports
+at module level (the CLI imports it lazily), except the optional [viz] extra.
 
 1. foundations: _version, errors, extras, fsutil, hyperparams, metrics, runs
 2. core: topology, losses, regularizers, prompts
@@ -28,7 +29,7 @@ the pipeline and the CLI load only when a command needs them (so ``--help`` stay
    data.loading, data.features, embedded, models, evaluation, generation, distributed,
    paper, paper.attention, paper.calibration, paper.dpc
 4. recipes: recipes
-5. readers: explain, analysis, viz, viz.plots, viz.report, hub
+5. readers: explain, analysis, finished, viz, viz.plots, viz.report, hub
 6. pipeline: pipeline
 7. entry: cli, __main__, hf_tsprompt
 

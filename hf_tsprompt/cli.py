@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._version import __version__
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .runs import FIGURES_DIR, REPORT_FILE
 
 __all__ = [
@@ -73,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .pipeline import evaluate_run
+    from .finished import evaluate_run
 
     dpc = None
     if args.dpc:
@@ -225,8 +225,6 @@ def load_plugins(modules: Sequence[str] = ()) -> list[str]:
 
 
 def _usage(message: str) -> UserError:
-    from .errors import ConfigError
-
     return ConfigError(message)
 
 

@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .prompts import PromptMethod, method_of, prompt_methods
+from .prompts import PromptMethod, get_prompt_method, method_of, prompt_methods
 
 __all__ = ["SETTINGS", "MethodCheck", "check", "fix_generate", "needs_fix", "unfix_generate"]
 
@@ -379,8 +379,6 @@ def check(method: str | None = None) -> dict[str, MethodCheck]:
     Raises:
         ConfigError: ``method`` is not a registered prompt method.
     """
-    from .prompts import get_prompt_method
-
     methods = prompt_methods() if method is None else (get_prompt_method(method),)
     return {m.name: _check_method(m) for m in methods}
 
@@ -390,8 +388,6 @@ def needs_fix(adapter: Any) -> bool:
     method's name, a peft config or an ``adapter_config.json`` dict (False for adapters that
     are not of a registered prompt method, e.g. LoRA)."""
     if isinstance(adapter, str):
-        from .prompts import get_prompt_method
-
         method: PromptMethod | None = get_prompt_method(adapter)
     elif isinstance(adapter, Mapping) or hasattr(adapter, "peft_type"):
         method = method_of(adapter, missing_ok=True)

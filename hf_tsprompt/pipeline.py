@@ -1,7 +1,9 @@
 """The main job: a recipe in, a complete run folder out (``hf-tsprompt train``).
 
 Stages, each reading the previous one's files (so ``evaluate``, ``plot``, ``analyze`` and
-``push`` also work on a finished run folder)::
+``push`` also work on a finished run folder). This module only orchestrates: each stage's
+work lives with its owner (the run folder in :mod:`hf_tsprompt.runs`, a finished run's
+evaluation and ACT heads in :mod:`hf_tsprompt.finished`, figures in :mod:`hf_tsprompt.viz`)::
 
     recipe --validate--> model + data --evaluate before--> train (TSLoss, barcodes)
            --> adapter/ + trainer_state.json --evaluate after--> figures/ --> README.md card
@@ -37,16 +39,31 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, MissingDependencyError, MissingFileError, RunFolderError
-from .fsutil import atomic_write_json, atomic_write_text
+import torch
+from accelerate import PartialState
+from transformers import Trainer, set_seed
+from transformers.integrations import get_available_reporting_integrations
+from transformers.trainer_callback import PrinterCallback
+from transformers.utils import is_liger_kernel_available
+
+from .callbacks import PersistenceCallback
+from .data import TrainCollator, build_train_dataset, uses_chat_template
+from .errors import ConfigError, MissingDependencyError
+from .evaluation import evaluate_model, save_eval
+from .explain import Vocabulary, explain_run, save_explain
+from .finished import evaluate_run, load_data
+from .fsutil import atomic_write_text
+from .hub import save_model_card
 from .metrics import SUMMARY_TABLE_KEYS, format_value, metric_label
-from .recipes import TRAINING_DEFAULTS, Recipe, load_run_recipe
+from .models import load_base_model
+from .prompts import get_prompt_model
+from .recipes import TRAINING_DEFAULTS, Recipe
+from .records import read_records
 from .runs import (
-    ACT_FILE,
-    ADAPTER_FILES,
     CARD_FILE,
     FIGURES_DIR,
     RECIPE_FILE,
@@ -55,33 +72,18 @@ from .runs import (
     clear_run,
     eval_paths,
     last_checkpoint,
-    read_run,
     records_file,
     run_lock,
     save_adapter,
     write_run,
 )
+from .trainer import TopologicalLossMixin, TopologicalPromptConfig, TopologicalPromptTrainer
 
-# check_run_folder, last_checkpoint, load_run_recipe, read_run and run_lock stay importable
-# from here; their owners are hf_tsprompt.runs and hf_tsprompt.recipes.
 __all__ = [
     "SUMMARY_METRICS",
     "Log",
     "RunResult",
-    "act_path",
-    "adapter_fingerprint",
-    "calibrate_run",
-    "check_run_folder",
-    "evaluate_run",
     "format_summary",
-    "last_checkpoint",
-    "load_act",
-    "load_data",
-    "load_run_model",
-    "load_run_recipe",
-    "read_run",
-    "run_lock",
-    "save_act",
     "snapshot_evaluator",
     "train_from_recipe",
     "training_config",
@@ -113,8 +115,6 @@ class RunResult:
 
 def versions() -> dict[str, str]:
     """Framework versions for run.json and the model card."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for name in ("hf-tsprompt", "torch", "transformers", "peft", "trl", "datasets", "ripser"):
         with contextlib.suppress(PackageNotFoundError):
@@ -122,30 +122,10 @@ def versions() -> dict[str, str]:
     return out
 
 
-def load_data(recipe: Recipe):
-    """``(task, train_rows, test_rows)`` for the recipe's data section (the ``data`` keys a
-    task declares in its ``options``, e.g. custom's ``columns`` and ``scorer``, go to it)."""
-    from .data import get_task, get_task_class, load_subsets
-
-    data = recipe.data
-    options = {k: getattr(data, k) for k in get_task_class(data.task).options if hasattr(data, k)}
-    task = get_task(data.task, data.config, **options)
-    train_rows, test_rows = load_subsets(
-        task,
-        recipe.data.source,
-        k=recipe.data.train_size,
-        n_test=recipe.data.test_size,
-        seed=recipe.seed,
-    )
-    return task, train_rows, test_rows
-
-
 def snapshot_evaluator(
     recipe: Recipe, tokenizer: Any, task: Any, train_rows: list, test_rows: list
 ) -> Callable[[Any], dict[str, Any]] | None:
     """The accuracy recorded with each barcode snapshot (``topology.evaluate``)."""
-    from .evaluation import evaluate_model
-
     mode = recipe.topology.evaluate
     if mode == "none":
         return None
@@ -173,8 +153,6 @@ def snapshot_evaluator(
 
 
 def _has_accelerator() -> bool:
-    import torch
-
     xpu = getattr(torch, "xpu", None)
     return bool(
         torch.cuda.is_available()
@@ -185,8 +163,6 @@ def _has_accelerator() -> bool:
 
 def training_config(recipe: Recipe, run_dir: Path):
     """``TopologicalPromptConfig`` from the recipe's training and ts sections."""
-    from .trainer import TopologicalPromptConfig
-
     values: dict[str, Any] = {
         **TRAINING_DEFAULTS,
         # Without an accelerator, say so: only then does TrainingArguments set up gloo DDP
@@ -213,8 +189,6 @@ def training_config(recipe: Recipe, run_dir: Path):
 def _check_training_on_this_machine(values: dict[str, Any]) -> None:
     """The recipe-independent checks of :mod:`hf_tsprompt.recipes` cannot know the machine:
     refuse here (still before any model loads) what this one cannot honour."""
-    import torch
-
     if values.get("fp16") and not torch.cuda.is_available():
         raise ConfigError(
             "training.fp16 needs a CUDA GPU; on this machine the Trainer would silently train "
@@ -226,19 +200,14 @@ def _check_training_on_this_machine(values: dict[str, Any]) -> None:
             f"training.dataloader_num_workers={workers} would start {workers} processes on a "
             f"machine with {cores} cores; use at most {4 * cores} (torch suggests one per core)."
         )
-    if values.get("use_liger_kernel"):
-        from transformers.utils import is_liger_kernel_available
-
-        if not is_liger_kernel_available():
-            raise ConfigError(
-                "training.use_liger_kernel needs the liger-kernel package (pip install "
-                "liger-kernel), or set it to false."
-            )
+    if values.get("use_liger_kernel") and not is_liger_kernel_available():
+        raise ConfigError(
+            "training.use_liger_kernel needs the liger-kernel package (pip install "
+            "liger-kernel), or set it to false."
+        )
     report_to = values.get("report_to")
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     if any(n not in ("none", "all") for n in names):
-        from transformers.integrations import get_available_reporting_integrations
-
         available = get_available_reporting_integrations()
         for name in names:
             if name not in ("none", "all") and name not in available:
@@ -252,8 +221,6 @@ def _check_training_on_this_machine(values: dict[str, Any]) -> None:
 def _check_optimizer(args: Any) -> None:
     """Resolve ``optim`` / ``optim_args`` as the Trainer will, before any model loads: an
     optimizer whose package is missing (bitsandbytes, GaLore, ...) fails here, not mid-run."""
-    from transformers import Trainer
-
     optim = str(getattr(args.optim, "value", args.optim))
     if "galore" in optim or "apollo" in optim:
         return  # these resolve their target modules on the model itself
@@ -266,8 +233,6 @@ def _check_optimizer(args: Any) -> None:
 
 
 def _evaluate(model, tokenizer, task, rows, recipe, run_dir: Path, name: str, progress: bool):
-    from .evaluation import evaluate_model, save_eval
-
     result = evaluate_model(
         model,
         tokenizer,
@@ -366,10 +331,6 @@ def train_from_recipe(
 
 
 def _trainer_class(trainer_cls: type | None) -> type:
-    from transformers import Trainer
-
-    from .trainer import TopologicalLossMixin, TopologicalPromptTrainer
-
     if trainer_cls is None:
         return TopologicalPromptTrainer
     if not (
@@ -386,13 +347,6 @@ def _trainer_class(trainer_cls: type | None) -> type:
 
 def _prepare(recipe: Recipe, *, overwrite: bool, resume: bool, log: Log) -> _Prepared:
     """Stage 1: everything that can fail on a bad recipe or a missing file; writes nothing."""
-    from accelerate import PartialState
-    from transformers import set_seed
-
-    from .data import build_train_dataset
-    from .models import load_base_model
-    from .prompts import get_prompt_model
-
     run_dir = recipe.run_dir.resolve()
     check_run_folder(run_dir, overwrite=overwrite, resume=resume)
     args = training_config(recipe, run_dir)  # fails fast on bad TrainingArguments
@@ -445,8 +399,6 @@ def _prepare(recipe: Recipe, *, overwrite: bool, resume: bool, log: Log) -> _Pre
 
 
 def _initial_run_info(p: _Prepared) -> dict[str, Any]:
-    from .data import uses_chat_template
-
     recipe, task, test_rows = p.recipe, p.task, p.test_rows
     return {
         "name": recipe.name,
@@ -509,9 +461,6 @@ def _train(
     live: dict[str, Any],
 ) -> tuple[Any, Any]:
     """Stage 3: the Trainer with the barcode callback; returns ``(trainer, train output)``."""
-    from .callbacks import PersistenceCallback
-    from .data import TrainCollator
-
     recipe = p.recipe
     callback = PersistenceCallback(
         every_n_steps=recipe.topology.every_n_steps,
@@ -527,8 +476,6 @@ def _train(
         callbacks=[callback, *(extra_callbacks or [])],
     )
     if not progress:
-        from transformers.trainer_callback import PrinterCallback
-
         # Without tqdm the Trainer prints every log dict instead; quiet means quiet.
         trainer.remove_callback(PrinterCallback)
     live["trainer"] = trainer
@@ -550,8 +497,6 @@ def _finish(
 ) -> tuple[float | None, list[Path]]:
     """Stage 4 (main process): adapter, accuracy after (and with ACT / DPC), ``run.json``,
     figures, explanation, card. Returns ``(accuracy after, figure paths)``."""
-    from .records import read_records
-
     after = None
     figures: list[Path] = []
     if p.main:
@@ -666,8 +611,6 @@ def _figures(run_dir: Path, log: Log) -> list[Path]:
 
 
 def _explain(run_dir: Path, loaded: Any, log: Log) -> None:
-    from .explain import Vocabulary, explain_run, save_explain
-
     try:
         vocab = Vocabulary.from_model(loaded.model, loaded.tokenizer)
         save_explain(explain_run(run_dir, vocab=vocab), run_dir)
@@ -679,8 +622,6 @@ def _explain(run_dir: Path, loaded: Any, log: Log) -> None:
 
 
 def _card(run_dir: Path, log: Log) -> None:
-    from .hub import save_model_card
-
     try:
         save_model_card(run_dir)
     except Exception as err:  # the card can be rebuilt from the run folder later
@@ -715,181 +656,3 @@ def format_summary(result: RunResult) -> str:
         f"  card:      {result.run_dir / CARD_FILE}",
     ]
     return "\n".join(lines)
-
-
-# --- working on a finished run ------------------------------------------------------------
-
-
-def load_run_model(run_dir: str | Path):
-    """``(peft_model, tokenizer, recipe, run_info)``: the base model with the run's adapter."""
-    from peft import PeftModel
-
-    from .models import load_base_model
-
-    run_dir = Path(run_dir)
-    info = read_run(run_dir)
-    recipe = load_run_recipe(run_dir)
-    adapter = adapter_dir(run_dir)
-    config_file, weights_file = ADAPTER_FILES
-    if not (adapter / config_file).is_file():
-        raise RunFolderError(
-            f"{run_dir} has no trained adapter ({adapter}/{config_file}); the training "
-            "did not finish. Resume it with `hf-tsprompt train RECIPE --resume`."
-        )
-    if not (adapter / weights_file).is_file():
-        raise RunFolderError(
-            f"{adapter} has no {weights_file}. hf-tsprompt reads weights as "
-            "safetensors only (a pickled adapter_model.bin can run code when loaded); re-run "
-            "or resume the training to write it."
-        )
-    loaded = load_base_model(recipe.model.name_or_path, dtype=recipe.model.dtype)
-    model = PeftModel.from_pretrained(loaded.model, adapter)
-    model.eval()
-    return model, loaded.tokenizer, recipe, info
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    *,
-    name: str | None = None,
-    batch_size: int | None = None,
-    max_new_tokens: int | None = None,
-    limit: int | None = None,
-    calibration: str | None = None,
-    dpc: Any = None,
-    progress: bool = True,
-    loaded: tuple[Any, Any] | None = None,
-) -> Any:
-    """Re-run the test evaluation of a finished run; writes ``eval/<name>.json``.
-
-    ``calibration="act"`` evaluates with ACT attention calibration (heads searched on the
-    run's training rows once and saved in ``<run>/calibration/act.json``, reused while the
-    adapter is unchanged); ``dpc`` (a :class:`hf_tsprompt.paper.dpc.DPCConfig`, or True for its
-    defaults) evaluates with dynamic prompt corruption. ``name`` defaults to ``after``,
-    ``after_act`` or ``after_dpc``; only a plain re-evaluation updates ``accuracy_after``.
-    ``loaded`` = ``(peft_model, tokenizer)`` reuses a model already in memory.
-    """
-    from .evaluation import evaluate_model, save_eval
-
-    if calibration not in (None, "none", "act"):
-        raise ConfigError(f"calibration must be 'none' or 'act', got {calibration!r}.")
-    calibration = None if calibration == "none" else calibration
-    if calibration and dpc:
-        raise ConfigError("ACT calibration and DPC cannot be combined; choose one of them.")
-    run_dir = Path(run_dir)
-    if loaded is None:
-        model, tokenizer, recipe, info = load_run_model(run_dir)
-    else:  # the pipeline's own model, right after training
-        (model, tokenizer), recipe, info = loaded, load_run_recipe(run_dir), read_run(run_dir)
-    task, _, test_rows = load_data(recipe)
-    if limit is not None:
-        test_rows = test_rows[:limit]
-    kwargs = {
-        "batch_size": batch_size or recipe.evaluation.batch_size,
-        "max_new_tokens": max_new_tokens or recipe.evaluation.max_new_tokens,
-        "progress": progress,
-        "max_prompt_tokens": recipe.data.max_length,
-    }
-    if calibration == "act":
-        from .paper.calibration import act_attention
-
-        act = calibrate_run(run_dir, model=model, tokenizer=tokenizer)
-        with act_attention(model, act):
-            result = evaluate_model(model, tokenizer, task, test_rows, **kwargs)
-        name = name or "after_act"
-    elif dpc:
-        from .paper.dpc import DPCConfig, evaluate_with_dpc
-
-        config = dpc if isinstance(dpc, DPCConfig) else DPCConfig()
-        result = evaluate_with_dpc(model, tokenizer, task, test_rows, config=config, **kwargs)
-        name = name or "after_dpc"
-    else:
-        result = evaluate_model(model, tokenizer, task, test_rows, **kwargs)
-        name = name or "after"
-    save_eval(result, *eval_paths(run_dir, name))
-    if name == "after" and not calibration and not dpc:
-        info["accuracy_after"] = result.accuracy
-        write_run(run_dir, info)
-    return result
-
-
-# --- ACT heads of a run (hf_tsprompt.paper.calibration is ACT itself) ----------------------------
-
-
-def act_path(run_dir: str | Path) -> Path:
-    """``<run>/calibration/act.json``: ACT's heads, searched once per adapter."""
-    return Path(run_dir) / ACT_FILE
-
-
-def save_act(config: Any, run_dir: str | Path) -> Path:
-    """Write ``config`` to ``<run>/calibration/act.json`` atomically; returns the path."""
-    return atomic_write_json(act_path(run_dir), config.to_dict())
-
-
-def load_act(run_dir: str | Path) -> Any:
-    """The ACT heads saved in a run folder (so every evaluation uses the same heads)."""
-    path = act_path(run_dir)
-    if not path.is_file():
-        raise MissingFileError(
-            f"{path} does not exist: search the heads first (hf_tsprompt.pipeline."
-            "calibrate_run(run_dir), or `hf-tsprompt evaluate RUN_DIR --calibration act`)"
-        )
-    from .paper.calibration import ACTConfig
-
-    return ACTConfig.from_json(path.read_text(encoding="utf-8"))
-
-
-def adapter_fingerprint(run_dir: str | Path) -> str | None:
-    """sha256 over the files of ``<run>/adapter`` (None when there is no adapter folder):
-    ties a saved head search to the exact soft prompt it was searched with."""
-    import hashlib
-
-    adapter = adapter_dir(run_dir)
-    if not adapter.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(adapter).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def calibrate_run(
-    run_dir: str | Path,
-    *,
-    model: Any = None,
-    tokenizer: Any = None,
-    overwrite: bool = False,
-    **search: Any,
-) -> Any:
-    """Load ``<run>/calibration/act.json``, or search ACT's heads on the run's *training*
-    rows and save them there, so every later evaluation uses the same heads.
-
-    A saved search is reused only if it was made with the adapter now in the run folder
-    (:func:`adapter_fingerprint`); otherwise (or with ``overwrite``) the heads are searched
-    again. ``model`` / ``tokenizer`` reuse an already loaded run model (from
-    :func:`hf_tsprompt.pipeline.load_run_model`); ``search`` goes to :func:`find_act_heads`
-    (``batch_size`` and ``max_length`` default to the recipe's evaluation batch size and
-    ``data.max_length``)."""
-    from .paper.calibration import find_act_heads
-
-    run_dir = Path(run_dir)
-    fingerprint = adapter_fingerprint(run_dir)
-    if act_path(run_dir).is_file() and not overwrite:
-        saved = load_act(run_dir)
-        if saved.calibration.get("adapter_sha256") == fingerprint:
-            return saved
-    if model is None or tokenizer is None:
-        model, tokenizer, recipe, _ = load_run_model(run_dir)
-    else:
-        recipe = load_run_recipe(run_dir)
-    task, train_rows, _ = load_data(recipe)
-    search.setdefault("batch_size", recipe.evaluation.batch_size)
-    if recipe.data.max_length:
-        search.setdefault("max_length", recipe.data.max_length)
-    config = find_act_heads(model, tokenizer, task, train_rows, **search)
-    config.calibration.update(
-        rows_source="train", seed=recipe.seed, run=recipe.name, adapter_sha256=fingerprint
-    )
-    save_act(config, run_dir)
-    return config

@@ -32,6 +32,7 @@ logic, so nothing it depends on is above them: the recipe of a run is parsed by
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -64,6 +65,7 @@ __all__ = [
     "TOPOLOGY_DIR",
     "TRAINER_STATE_FILE",
     "adapter_dir",
+    "adapter_fingerprint",
     "adapter_save_kwargs",
     "check_run_folder",
     "clear_run",
@@ -210,7 +212,7 @@ def read_recipe_text(run_dir: str | Path, *, strict: bool = True) -> tuple[dict[
     ``strict``: raise :class:`RunFolderError` when the file is missing or is not a YAML
     mapping. Lenient: ``({}, "")`` when missing, ``({}, text)`` when unparsable.
     """
-    import yaml
+    import yaml  # lazy: the CLI imports this module for ``--help``, which needs no YAML
 
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
@@ -373,3 +375,17 @@ def adapter_save_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     caller says otherwise: the policy of :func:`save_adapter`, for the Trainer's own
     checkpoint save, which calls ``save_pretrained`` itself."""
     return {"save_embedding_layers": False, **kwargs}
+
+
+def adapter_fingerprint(run_dir: str | Path) -> str | None:
+    """sha256 over the files of ``<run>/adapter`` (None when there is no adapter folder):
+    ties what was computed from a run's adapter (ACT's saved head search) to the exact soft
+    prompt it was computed with."""
+    adapter = adapter_dir(run_dir)
+    if not adapter.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(adapter).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -14,16 +14,21 @@ import torch
 from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
 from hf_tsprompt.data import get_task, tokenize_example
-from hf_tsprompt.errors import ConfigError
+from hf_tsprompt.errors import ConfigError, MissingFileError
 from hf_tsprompt.evaluation import evaluate_model, greedy_prompt_learning
 from hf_tsprompt.paper.calibration import (
     ATTN_IMPLEMENTATION,
     ACTConfig,
     act_attention,
+    act_path,
     attention_hooks,
     evaluate_with_act,
     find_act_heads,
+    load_act,
+    save_act,
+    saved_act,
 )
+from hf_tsprompt.runs import adapter_dir, adapter_fingerprint
 
 from tiny import tiny_llama
 
@@ -394,3 +399,40 @@ def test_real_smollm2_with_grouped_query_attention():
     assert probs.shape == (1, 9, 8 + ids.shape[1], 8 + ids.shape[1])
     torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)))
     assert rec.sinks[2][0].shape == (1, 2, 8 + ids.shape[1])
+
+
+# --------------------------------------------------------------------------- a run's saved heads
+
+
+def test_act_heads_round_trip_through_the_run_folder(tmp_path):
+    config = ACTConfig(
+        heads={3: [2, 0, 2], "1": [1]},
+        scale=0.5,
+        threshold=3.0,
+        threshold_mode="relative",
+        protect_prompt=True,
+        num_virtual_tokens=4,
+        calibration={"rows": 8, "gains": {"3.0": 0.01}},
+    )
+    path = save_act(config, tmp_path)
+    assert path == act_path(tmp_path) == tmp_path / "calibration" / "act.json"
+    assert load_act(tmp_path) == config
+
+
+def test_load_act_without_a_search_says_how_to_make_one(tmp_path):
+    with pytest.raises(MissingFileError, match="act.json"):
+        load_act(tmp_path)
+    assert saved_act(tmp_path) is None
+
+
+def test_saved_heads_are_reused_only_with_the_adapter_they_were_searched_with(tmp_path):
+    adapter = adapter_dir(tmp_path)
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"prompt v1")
+    config = ACTConfig(
+        heads={1: [0]}, calibration={"adapter_sha256": adapter_fingerprint(tmp_path)}
+    )
+    save_act(config, tmp_path)
+    assert saved_act(tmp_path) == config
+    (adapter / "adapter_model.safetensors").write_bytes(b"prompt v2")  # retrained
+    assert saved_act(tmp_path) is None

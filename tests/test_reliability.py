@@ -59,8 +59,8 @@ import yaml
 
 from hf_tsprompt import pipeline
 from hf_tsprompt.cli import EXIT_USER_ERROR, main
-from hf_tsprompt.pipeline import last_checkpoint
 from hf_tsprompt.records import RECORDS_FILE, read_records
+from hf_tsprompt.runs import last_checkpoint
 
 from procs import run_process, start_process
 from tiny import TINY_HUB_ID, save_tiny_model, write_tiny_gsm8k

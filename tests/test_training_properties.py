@@ -36,7 +36,8 @@ from hypothesis import strategies as st
 from transformers import TrainerCallback, TrainingArguments
 
 from hf_tsprompt.errors import ConfigError
-from hf_tsprompt.pipeline import load_data, training_config
+from hf_tsprompt.finished import load_data
+from hf_tsprompt.pipeline import training_config
 from hf_tsprompt.recipes import recipe_from_dict
 
 from tiny import save_tiny_model, tiny_llama, tiny_recipe, tiny_tokenizer, write_tiny_gsm8k

@@ -25,9 +25,11 @@ How it is wired: :func:`act_attention` applies an :class:`ACTConfig` through
 :func:`hf_tsprompt.paper.attention.attention_hooks`, the registered attention function that owns the
 per-call editing (the sink rule above, in float32) and restores the model's own attention
 implementation exactly on exit; :func:`hf_tsprompt.evaluation.evaluate_model` runs unchanged
-inside it. This module owns ACT the method: its configuration, the head search and applying
-it. ``ATTN_IMPLEMENTATION``, ``AttentionRecord`` and ``attention_hooks`` are re-exported here,
-where they were first defined.
+inside it. This module owns ACT the method: its configuration, the head search, applying
+it, and the heads a run folder keeps (``<run>/calibration/act.json``: :func:`save_act`,
+:func:`load_act`, :func:`saved_act`; ``hf_tsprompt.finished.calibrate_run`` searches a
+finished run's heads with its recipe). ``ATTN_IMPLEMENTATION``, ``AttentionRecord`` and
+``attention_hooks`` are re-exported here, where they were first defined.
 Where it differs from the paper and the public code (each one deliberate; the method is
 taken from the public code, and from summaries of the paper where the code is silent):
 
@@ -64,14 +66,18 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data import IGNORE_INDEX, get_task, tokenize_example
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingFileError
 from ..evaluation import evaluate_model
+from ..fsutil import atomic_write_json
+from ..runs import ACT_FILE, adapter_fingerprint
 from .attention import (
     ATTN_IMPLEMENTATION,
     AttentionRecord,
@@ -86,10 +92,14 @@ __all__ = [
     "ACTConfig",
     "AttentionRecord",
     "act_attention",
+    "act_path",
     "attention_hooks",
     "default_act_layers",
     "evaluate_with_act",
     "find_act_heads",
+    "load_act",
+    "save_act",
+    "saved_act",
 ]
 
 ThresholdMode = Literal["absolute", "relative"]
@@ -315,8 +325,6 @@ def find_act_heads(
             not rows of ``task``, or no head helps (unless ``allow_empty``, which returns a
             config that leaves the model unchanged).
     """
-    from tqdm.auto import tqdm
-
     task = get_task(task)
     probe_config = ACTConfig(
         heads={}, scale=scale, threshold=threshold, threshold_mode=threshold_mode,
@@ -406,6 +414,39 @@ def find_act_heads(
 
 
 # ------------------------------------------------------------------------- run folders, evaluation
+
+
+def act_path(run_dir: str | Path) -> Path:
+    """``<run>/calibration/act.json``: ACT's heads, searched once per adapter."""
+    return Path(run_dir) / ACT_FILE
+
+
+def save_act(config: ACTConfig, run_dir: str | Path) -> Path:
+    """Write ``config`` to ``<run>/calibration/act.json`` atomically; returns the path."""
+    return atomic_write_json(act_path(run_dir), config.to_dict())
+
+
+def load_act(run_dir: str | Path) -> ACTConfig:
+    """The ACT heads saved in a run folder (so every evaluation uses the same heads)."""
+    path = act_path(run_dir)
+    if not path.is_file():
+        raise MissingFileError(
+            f"{path} does not exist: search the heads first (hf_tsprompt.finished."
+            "calibrate_run(run_dir), or `hf-tsprompt evaluate RUN_DIR --calibration act`)"
+        )
+    return ACTConfig.from_json(path.read_text(encoding="utf-8"))
+
+
+def saved_act(run_dir: str | Path) -> ACTConfig | None:
+    """The heads saved in the run folder if they were searched with the adapter now in it
+    (its :func:`~hf_tsprompt.runs.adapter_fingerprint` is recorded as ``adapter_sha256``);
+    None when there is no saved search or it is stale."""
+    if not act_path(run_dir).is_file():
+        return None
+    saved = load_act(run_dir)
+    if saved.calibration.get("adapter_sha256") != adapter_fingerprint(run_dir):
+        return None
+    return saved
 
 
 def evaluate_with_act(

@@ -65,8 +65,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..data import IGNORE_INDEX
+from ..data import IGNORE_INDEX, build_prompt, encode_prompt, get_task, truncate_ids
 from ..errors import ConfigError
+from ..evaluation import EvalResult, evaluate_model
 from ..prompts import get_prompt_peft_model, method_of, peft_type_name
 from .attention import AttentionRecord, attention_hooks, base_model, layer_head_counts
 
@@ -394,9 +395,6 @@ def evaluate_with_dpc(
     ``"first_generation"`` where the answer was regenerated); accuracy, time and token counts
     cover both passes.
     """
-    from ..data import build_prompt, encode_prompt, get_task, truncate_ids
-    from ..evaluation import EvalResult, evaluate_model
-
     kwargs = {
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
