@@ -679,7 +679,7 @@ def _explain(run_dir: Path, loaded: Any, log: Log) -> None:
 
 
 def _card(run_dir: Path, log: Log) -> None:
-    from .hub import save_model_card
+    from .cards import save_model_card
 
     try:
         save_model_card(run_dir)
