@@ -1,0 +1,127 @@
+"""The run summaries and the card (``hf_tsprompt.cards``): one builder, read by the card and the
+HTML report alike, whose metric rows come from the metric registry when they are built, so a
+metric that a plugin registers reaches both (issue 27 items 2 and 3)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from html.parser import HTMLParser
+
+import pytest
+import yaml
+
+from hf_tsprompt import metrics
+from hf_tsprompt.cli import main
+from hf_tsprompt.errors import ConfigError
+from hf_tsprompt.metrics import Metric, format_value, register_metric, table_keys
+
+from tiny import save_tiny_hub_model, write_tiny_gsm8k
+
+
+def test_table_keys_ask_the_registry_when_called():
+    assert table_keys("topology") == metrics.SUMMARY_TABLE_KEYS
+    assert table_keys("evolution") == metrics.EVOLUTION_TABLE_KEYS
+    assert table_keys("results") == ("accuracy_before", "accuracy_after")
+    assert table_keys("training") == ()
+    key = "test_cards_late_metric"
+    register_metric(Metric(key, "a metric registered late", "m", tables=("topology",)))
+    try:
+        assert table_keys("topology") == (*metrics.SUMMARY_TABLE_KEYS, key)
+    finally:
+        metrics._VOCABULARY.pop(key)
+    with pytest.raises(ConfigError, match="tables must be"):
+        register_metric(Metric("test_cards_bad", "bad tables", "b", tables=("cards",)))
+    with pytest.raises(ConfigError, match="tables must be"):
+        register_metric(Metric("test_cards_str", "a string", "s", tables="training"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown table"):
+        table_keys("figures")
+
+
+# --- a plugin's metric reaches the card and the report, through `--plugin` -------------------
+
+_PLUGIN = """
+from hf_tsprompt import register_regularizer
+from hf_tsprompt.metrics import Metric, register_metric
+
+register_metric(Metric("{key}", "{label}", "sd(|p_i|)", tables=("training",)))
+
+
+@register_regularizer("{reg}", help="row norms pulled together")
+def spread(P):
+    norms = P.float().norm(dim=1)
+    return norms.var(), {{"{key}": float(norms.detach().std())}}
+"""
+
+
+class _Cells(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.cells: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.cells.append(data)
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """``<name>.py`` in the current directory (``tmp_path``): registers regulariser
+    ``<name>_reg``, which logs ``<name>_spread``, and metric ``<name>_spread`` for the
+    ``training`` table. Everything it registers is removed afterwards."""
+    from hf_tsprompt.regularizers import list_regularizers, unregister_regularizer
+
+    name = f"cardplug_{tmp_path.name.replace('-', '_').lower()}"
+    key, label = f"{name}_spread", f"row norm spread ({name})"
+    (tmp_path / f"{name}.py").write_text(_PLUGIN.format(key=key, label=label, reg=f"{name}_reg"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # --plugin puts the cwd first: undo it
+
+    def forget() -> None:  # as a new `hf-tsprompt` process would start
+        metrics._VOCABULARY.pop(key, None)
+        if f"{name}_reg" in list_regularizers():
+            unregister_regularizer(f"{name}_reg")
+        sys.modules.pop(name, None)
+
+    yield name, key, label, forget
+    forget()
+
+
+def test_a_plugin_metric_reaches_the_card_and_the_report(tmp_path, plugin):
+    name, key, label, forget = plugin
+    model_dir = save_tiny_hub_model(tmp_path / "model")
+    data_dir = write_tiny_gsm8k(tmp_path / "data")
+    recipe = {
+        "name": "plugged",
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"task": "gsm8k", "source": str(data_dir), "train_size": 4, "test_size": 4},
+        "peft": {"num_virtual_tokens": 5},
+        "ts": {"regularizer": f"{name}_reg", "weight": 0.5},
+        "topology": {"every_n_steps": 2, "evaluate": "none"},
+        "training": {"max_steps": 4, "per_device_train_batch_size": 2, "logging_steps": 1},
+        "evaluation": {"batch_size": 4, "max_new_tokens": 4},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+
+    assert main(["--plugin", name, "train", "recipe.yaml", "--quiet"]) == 0
+    run = tmp_path / "runs" / "plugged"
+    history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    logged = [h[key] for h in history if key in h]
+    assert len(logged) == 4  # the regulariser's term, logged at each step
+    first, last = format_value(key, logged[0]), format_value(key, logged[-1])
+
+    card = (run / "README.md").read_text()
+    assert f"| {label} | {first} | {last} |" in card
+    assert "| logged metric | first (step 1) | last (step 4) |" in card
+
+    forget()  # the report runs in a new process: only --plugin brings the metric back
+    out = tmp_path / "report.html"
+    assert main(["--plugin", name, "report", str(run), "--out", str(out)]) == 0
+    parser = _Cells()
+    parser.feed(out.read_text())
+    i = parser.cells.index(label)
+    assert parser.cells[i + 1 : i + 3] == [first, last]
+
+    # Without the plugin the metric is unknown: neither prints a row for it.
+    forget()
+    assert main(["card", str(run)]) == 0
+    assert label not in (run / "README.md").read_text()
