@@ -239,13 +239,28 @@ def _regularizer(settings: dict[str, Any] | None) -> str | None:
     return str(settings.get("regularizer", DEFAULT_REGULARIZER))
 
 
+def _cross_entropy_only(regularizer: str | None) -> bool:
+    """Whether the run added nothing to the cross-entropy: the registry's word
+    (:attr:`~hf_tsprompt.regularizers.Regularizer.active`) for a registered name."""
+    if regularizer is None:
+        return False
+    with contextlib.suppress(ConfigError):
+        return not get_regularizer(regularizer).active
+    return False
+
+
+def _paper_loss(regularizer: str | None) -> bool:
+    """Whether the run trained with the paper's TSLoss: the registry's default regulariser."""
+    return regularizer == DEFAULT_REGULARIZER
+
+
 def regularizer_label(regularizer: str | None) -> str:
     """How the title and the commit message name the run's loss."""
     if regularizer is None:
         return "regulariser not recorded"
-    if regularizer == "none":
+    if _cross_entropy_only(regularizer):
         return "cross-entropy only"
-    return "TSLoss" if regularizer == "tsloss" else f"{regularizer} regulariser"
+    return "TSLoss" if _paper_loss(regularizer) else f"{regularizer} regulariser"
 
 
 def _regularizer_rows(settings: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -255,8 +270,8 @@ def _regularizer_rows(settings: dict[str, Any] | None) -> list[tuple[str, str]]:
     regularizer = _regularizer(settings)
     if settings is None or regularizer is None:
         return [("regulariser", "not recorded")]
-    if regularizer == "none":
-        return [("regulariser", "none (cross-entropy only)")]
+    if _cross_entropy_only(regularizer):
+        return [("regulariser", f"{regularizer} (cross-entropy only)")]
     rows = [("regulariser", regularizer)]
     if WEIGHT.name in settings:
         rows.append((f"ts_{WEIGHT.name} ({WEIGHT.symbol})", _fmt(settings[WEIGHT.name])))
@@ -341,12 +356,20 @@ def _settings_rows(
     return rows
 
 
-def topology_rows(info: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def topology_rows(
+    info: Mapping[str, Any], run_dir: str | Path | None = None
+) -> list[tuple[str, str, str]]:
     """``(metric, start, end)`` of the topology table: the metrics of table ``topology``
     (:func:`~hf_tsprompt.metrics.table_keys`) that ``run.json``'s ``topology_start`` /
-    ``topology_end`` (``info``) hold, at the first and the last snapshot."""
+    ``topology_end`` (``info``) hold, at the first and the last snapshot. A folder whose
+    ``run.json`` has none (a Trainer's ``output_dir``) is read from ``run_dir``'s records:
+    the summaries of its first and last snapshot."""
     start = info.get("topology_start") or {}
     end = info.get("topology_end") or {}
+    if not (start or end) and run_dir is not None:
+        with contextlib.suppress(Exception):  # no records: no table
+            records = read_records(Path(run_dir))
+            start, end = records[0]["summary"], records[-1]["summary"]
     return [
         (metric_label(key), format_value(key, start.get(key)), format_value(key, end.get(key)))
         for key in table_keys("topology")
@@ -522,11 +545,13 @@ def _figure_note(spec: FigureSpec, regularizer: str | None, acc_set: str | None)
     if spec == FIG_ACCURACY and on:
         return f"the snapshots' accuracy is measured on {on}"
     if spec == FIG_LOSS:
-        return {
-            "none": "cross-entropy only, no regulariser",
-            "tsloss": "L_total = L_ce + λ_ts·L_ts: the cross-entropy plus TSLoss's L_ts",
-            None: "",
-        }.get(regularizer, f"the cross-entropy plus the {regularizer} regulariser")
+        if regularizer is None:
+            return ""
+        if _cross_entropy_only(regularizer):
+            return "cross-entropy only, no regulariser"
+        if _paper_loss(regularizer):
+            return "L_total = L_ce + λ_ts·L_ts: the cross-entropy plus TSLoss's L_ts"
+        return f"the cross-entropy plus the {regularizer} regulariser"
     return ""
 
 
@@ -561,7 +586,7 @@ def build_model_card(
         "transformers",
         "prompt-tuning",
         method_tag,
-        *(["tsloss"] if regularizer == "tsloss" else []),
+        *([str(regularizer)] if _paper_loss(regularizer) else []),
         "topological-data-analysis",
         "hf-tsprompt",
     ]
@@ -637,6 +662,8 @@ def build_model_card(
         if info.get("task")
         else "its task",
         "regularizer": regularizer,
+        "paper_loss": _paper_loss(regularizer),
+        "cross_entropy_only": _cross_entropy_only(regularizer),
         "adapter_ref": _py_str(adapter_ref),
         "adapter_is_local": repo_id is None,
         "chat": bool(info.get("chat_template", True)),
@@ -655,7 +682,7 @@ def build_model_card(
         "training_rows": _settings_rows(run_dir, info, recipe, settings),
         "log_rows": log_rows,
         "log_steps": log_steps,
-        "topology_rows": topology_rows(info),
+        "topology_rows": topology_rows(info, run_dir),
         "evolution_rows": evolution,
         "evolution_intervals": evolution_intervals,
         "start_step": start_step if start_step is not None else "?",

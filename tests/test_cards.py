@@ -125,3 +125,49 @@ def test_a_plugin_metric_reaches_the_card_and_the_report(tmp_path, plugin):
     forget()
     assert main(["card", str(run)]) == 0
     assert label not in (run / "README.md").read_text()
+
+
+# --- the Trainer writes its card the TRL way ---------------------------------------------------
+
+
+def test_the_trainer_writes_its_card_with_create_model_card(tmp_path, tokenizer):
+    """``create_model_card`` (what ``Trainer.push_to_hub`` calls, and TRL's trainers override)
+    renders the same card into ``output_dir`` from the packaged template: the adapter it saves
+    there, the trainer's ``ts_*`` settings, the topology the callback recorded."""
+    from huggingface_hub import ModelCard
+    from transformers import DataCollatorForSeq2Seq
+
+    from hf_tsprompt.callbacks import PersistenceCallback
+    from hf_tsprompt.prompts import get_prompt_model
+    from hf_tsprompt.trainer import TopologicalPromptConfig, TopologicalPromptTrainer
+
+    from tiny import TINY_HUB_ID, tiny_llama, tiny_lm_dataset
+
+    model = get_prompt_model(tiny_llama(len(tokenizer)), "prompt_tuning", num_virtual_tokens=5)
+    out = tmp_path / "out"
+    args = TopologicalPromptConfig(
+        output_dir=str(out),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        ts_regularizer="l2",
+    )
+    trainer = TopologicalPromptTrainer(
+        model=model,
+        args=args,
+        train_dataset=tiny_lm_dataset(tokenizer),
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+        callbacks=[PersistenceCallback(every_n_steps=1)],
+    )
+    trainer.train()
+    trainer.create_model_card(finetuned_from=TINY_HUB_ID)
+    card = (out / "README.md").read_text()
+    assert ModelCard(card).data.base_model == TINY_HUB_ID
+    assert (
+        "| regulariser | l2 |" in card
+        and ", l2 regulariser)" in card.splitlines()[card.splitlines().index("---", 1) + 2]
+    )
+    assert "## Topology of the prompt" in card and "| H1 count (loops) |" in card
+    assert (out / "adapter" / "adapter_config.json").is_file()  # saved for the card to read

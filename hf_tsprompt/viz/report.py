@@ -383,7 +383,7 @@ def _accuracy_html(run: _Run) -> str:
 
 
 def _topology_table(run: _Run) -> str:
-    rows = topology_rows(run.info)
+    rows = topology_rows(run.info, run.path)
     return _table(["metric", "start", "end"], rows, num_cols=2) if rows else ""
 
 
