@@ -41,9 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from transformers import Trainer, TrainingArguments
 
-from .cards import base_model_id, save_model_card
 from .errors import ConfigError, RunFolderError
-from .hub import push_to_hub as push_run
 from .prompts import PromptCapture, get_prompt_peft_model, method_of, prompt_matrix
 from .regularizers import (
     DEFAULT_REGULARIZER,
@@ -402,6 +400,9 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
         card's metadata comes from the run (the README tags come from its regulariser and
         prompt method). Only the main process writes.
         """
+        # Imported here (as in push_to_hub), so training never loads the card's modules.
+        from .cards import save_model_card
+
         if not self.is_world_process_zero():
             return
         out = Path(self.args.output_dir)
@@ -439,6 +440,9 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
             ConfigError: no ``repo_id`` and no ``args.hub_model_id``.
             HubError: see :func:`hf_tsprompt.hub.push_to_hub`.
         """
+        from .cards import base_model_id
+        from .hub import push_to_hub as push_run
+
         if not self.is_world_process_zero():
             return None
         repo_id = repo_id or self.args.hub_model_id
