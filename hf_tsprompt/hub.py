@@ -2,6 +2,11 @@
 
 The model card is built by :mod:`hf_tsprompt.cards` (:func:`build_model_card`,
 :func:`save_model_card`, :func:`base_model_id` and :func:`run_info` are re-exported here).
+This module reads no finished-run reader (explain, analysis, viz), so it sits in the pieces
+layer: ``TopologicalPromptTrainer.push_to_hub`` writes the card with ``create_model_card`` and
+publishes its ``output_dir`` through :func:`push_to_hub`, the same push as ``hf-tsprompt
+push``, rather than Trainer's upload of the whole folder (whose ``training_args.bin`` and
+adapter config name this machine's folders).
 
 - :func:`push_to_hub` uploads the adapter (at the repo root, so plain
   ``PeftModel.from_pretrained(base, repo_id)`` works), the card, the figures the card shows and

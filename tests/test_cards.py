@@ -120,6 +120,10 @@ def test_a_plugin_metric_reaches_the_card_and_the_report(tmp_path, plugin):
     parser.feed(out.read_text())
     i = parser.cells.index(label)
     assert parser.cells[i + 1 : i + 3] == [first, last]
+    # The card's settings table is the report's too.
+    assert f"| regulariser | {name}_reg |" in card
+    i = parser.cells.index("Training settings")
+    assert parser.cells[parser.cells.index("regulariser", i) + 1] == f"{name}_reg"
 
     # Without the plugin the metric is unknown: neither prints a row for it.
     forget()
