@@ -395,10 +395,11 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
         what ``output_dir`` holds (the adapter, saved into ``<output_dir>/adapter`` first when
         it is not there yet, the trainer state, the barcode records, the figures) and this
         trainer's ``ts_*`` fields. ``finetuned_from``: the base model's Hub id when the model
-        does not record one; the snippet loads the adapter from ``args.hub_model_id`` when set.
-        The other arguments of ``Trainer.create_model_card`` are accepted and not used: the
-        card's metadata comes from the run (the README tags come from its regulariser and
-        prompt method). Only the main process writes.
+        does not record one; the snippet loads the adapter from ``repo_id=`` (a keyword this
+        override adds), else ``args.hub_model_id``, else its folder. The other arguments of
+        ``Trainer.create_model_card`` are accepted and not used: the card's metadata comes
+        from the run (the README tags come from its regulariser and prompt method). Only the
+        main process writes.
         """
         # Imported here (as in push_to_hub), so training never loads the card's modules.
         from .cards import save_model_card
@@ -410,7 +411,8 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
             find_adapter(out)
         except RunFolderError:
             save_adapter(self.accelerator.unwrap_model(self.model), adapter_dir(out))
-        save_model_card(out, self.args.hub_model_id, base_model=finetuned_from, ts=self._card_ts())
+        repo_id = kwargs.get("repo_id") or self.args.hub_model_id
+        save_model_card(out, repo_id, base_model=finetuned_from, ts=self._card_ts())
 
     def push_to_hub(
         self,
@@ -452,7 +454,7 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
         save_adapter(self.accelerator.unwrap_model(self.model), adapter_dir(out))
         self.save_state()
         base_id = base_model_id(out, base_model)
-        self.create_model_card(finetuned_from=base_id)
+        self.create_model_card(finetuned_from=base_id, repo_id=repo_id)
         return push_run(
             out,
             repo_id,

@@ -451,6 +451,8 @@ def test_trainer_push_to_hub_uploads_our_card(hub, tokenizer, tmp_path):
     assert "tsloss" in readme  # the trainer's ts_* fields: its default regulariser
     assert "| ts_tau (tau) | 0.1 |" in readme
     assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == TINY_HUB_ID
+    # The card is the trainer's create_model_card's, written into output_dir and pushed as is.
+    assert (tmp_path / "out" / "README.md").read_bytes() == files["README.md"]
 
 
 # --- what is published (issue 25) -----------------------------------------------------------
