@@ -219,7 +219,8 @@ class MetricSource(Protocol):
 
 
 class TopologicalLossMixin:
-    """``compute_loss`` / ``log`` additions shared by the Trainer and the TRL variant."""
+    """``compute_loss`` / ``log`` additions shared by the Trainer and the TRL variant, and
+    their model card (``create_model_card``) and push (``push_to_hub``)."""
 
     args: Any
     accelerator: Any
@@ -333,41 +334,6 @@ class TopologicalLossMixin:
             if isinstance(cb, MetricSource):
                 logs.update(cb.pop_pending_logs())
 
-
-class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
-    """A drop-in ``Trainer`` for peft prompt-learning models that adds TSLoss to the CE.
-
-    Same constructor as ``transformers.Trainer``; pass a :class:`TopologicalPromptConfig` as
-    ``args`` (a plain ``TrainingArguments`` is upgraded with default ``ts_*`` values). Logs
-    ``loss_ce``, ``loss_ts``, ``ts_h0``, ``ts_h1``, ``ts_delta`` and ``ts_zeta`` beside ``loss``.
-
-    Raises:
-        ValueError: at construction, if the model is not a peft prompt-learning model (e.g. LoRA)
-            or a ``ts_*`` value is invalid.
-    """
-
-    def __init__(self, model: Any = None, args: TrainingArguments | None = None, **kwargs: Any):
-        args = upgrade_args(args, TopologicalPromptConfig)
-        super().__init__(model=model, args=args, **kwargs)
-        self._init_topological()
-
-    def compute_loss(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ):
-        loss, outputs = super().compute_loss(
-            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-        )
-        loss = self._add_regularizer(model, loss, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        self._merge_metrics(logs)
-        super().log(logs, start_time)
-
     # --- the model card and the push (TRL's way: create_model_card, then upload) ---------------
 
     def _card_ts(self) -> dict[str, Any]:
@@ -404,7 +370,7 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
         # Imported here (as in push_to_hub), so training never loads the card's modules.
         from .cards import save_model_card
 
-        if not self.is_world_process_zero():
+        if not self.is_world_process_zero():  # type: ignore[attr-defined]
             return
         out = Path(self.args.output_dir)
         try:
@@ -445,14 +411,14 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
         from .cards import base_model_id
         from .hub import push_to_hub as push_run
 
-        if not self.is_world_process_zero():
+        if not self.is_world_process_zero():  # type: ignore[attr-defined]
             return None
         repo_id = repo_id or self.args.hub_model_id
         if not repo_id:
             raise ConfigError("push_to_hub needs repo_id=... or args.hub_model_id.")
         out = Path(self.args.output_dir)
         save_adapter(self.accelerator.unwrap_model(self.model), adapter_dir(out))
-        self.save_state()
+        self.save_state()  # type: ignore[attr-defined]
         base_id = base_model_id(out, base_model)
         self.create_model_card(finetuned_from=base_id, repo_id=repo_id)
         return push_run(
@@ -466,6 +432,41 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
             private_base=private_base,
             ts=self._card_ts(),
         )
+
+
+class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
+    """A drop-in ``Trainer`` for peft prompt-learning models that adds TSLoss to the CE.
+
+    Same constructor as ``transformers.Trainer``; pass a :class:`TopologicalPromptConfig` as
+    ``args`` (a plain ``TrainingArguments`` is upgraded with default ``ts_*`` values). Logs
+    ``loss_ce``, ``loss_ts``, ``ts_h0``, ``ts_h1``, ``ts_delta`` and ``ts_zeta`` beside ``loss``.
+
+    Raises:
+        ValueError: at construction, if the model is not a peft prompt-learning model (e.g. LoRA)
+            or a ``ts_*`` value is invalid.
+    """
+
+    def __init__(self, model: Any = None, args: TrainingArguments | None = None, **kwargs: Any):
+        args = upgrade_args(args, TopologicalPromptConfig)
+        super().__init__(model=model, args=args, **kwargs)
+        self._init_topological()
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ):
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        loss = self._add_regularizer(model, loss, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._merge_metrics(logs)
+        super().log(logs, start_time)
 
 
 def upgrade_args(args: Any, cls: type) -> Any:

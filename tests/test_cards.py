@@ -175,3 +175,36 @@ def test_the_trainer_writes_its_card_with_create_model_card(tmp_path, tokenizer)
     )
     assert "## Topology of the prompt" in card and "| H1 count (loops) |" in card
     assert (out / "adapter" / "adapter_config.json").is_file()  # saved for the card to read
+
+
+def test_the_trl_variant_writes_the_same_card_at_its_checkpoints(tmp_path, tokenizer):
+    """TRL's SFTTrainer calls ``create_model_card`` at every checkpoint: the TRL variant's is
+    the same card builder's, not TRL's generic card."""
+    from datasets import Dataset
+
+    from hf_tsprompt.prompts import get_prompt_model
+    from hf_tsprompt.sft import TopologicalSFTConfig, TopologicalSFTTrainer
+
+    from tiny import tiny_llama
+
+    model = get_prompt_model(tiny_llama(len(tokenizer)), "prompt_tuning", num_virtual_tokens=4)
+    data = Dataset.from_list(
+        [{"prompt": f"What is {i} + {i}?", "completion": f" {2 * i}"} for i in range(4)]
+    )
+    args = TopologicalSFTConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=1,
+        use_cpu=True,
+        gradient_checkpointing=False,
+    )
+    trainer = TopologicalSFTTrainer(
+        model=model, args=args, train_dataset=data, processing_class=tokenizer
+    )
+    trainer.train()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "- hf-tsprompt" in card and "| regulariser | tsloss |" in card
+    assert "## Topology of the prompt" in card
