@@ -25,20 +25,22 @@ at module level (the CLI imports it lazily), except the optional [viz] extra.
 
 1. foundations: _version, errors, extras, fsutil, hyperparams, metrics, runs
 2. core: topology, losses, regularizers, prompts
-3. pieces: records, callbacks, trainer, sft, data, data.answers, data.tasks, data.custom,
-   data.loading, data.features, embedded, models, evaluation, generation, distributed,
-   paper, paper.attention, paper.calibration, paper.dpc
+3. pieces: records, callbacks, cards, hub, trainer, sft, data, data.answers, data.tasks,
+   data.custom, data.loading, data.features, embedded, models, evaluation, generation,
+   distributed, paper, paper.attention, paper.calibration, paper.dpc
 4. recipes: recipes
-5. readers: explain, analysis, finished, viz, viz.plots, viz.report, hub
+5. readers: explain, analysis, finished, viz, viz.plots, viz.report
 6. pipeline: pipeline
 7. entry: cli, __main__, hf_tsprompt
 
 Foundations hold no torch code. Core is pure (tensors in, tensors out: no Trainer, no files).
-Pieces train, evaluate and record; ``runs`` (the run folder's layout, ``run.json``, lock and
-adapter saving) sits in the foundations because the callback and the trainer write into the
-run folder themselves. Readers take a finished run folder. One declared exception points up:
-``TopologicalPromptTrainer.push_to_hub`` (pieces) calls ``hub.push_to_hub`` (readers), since
-a Trainer's push publishes the run with its model card; the test names this one edge.
+Pieces train, evaluate, record and publish; ``runs`` (the run folder's layout, ``run.json``,
+lock and adapter saving) sits in the foundations because the callback and the trainer write
+into the run folder themselves. ``cards`` (the run's summaries and its model card) and ``hub``
+(the push that publishes a run folder with no path of this machine, and the load back) are
+pieces: the Trainer writes its card (``create_model_card``) and pushes its output folder
+(``push_to_hub``) through them, as TRL's trainers do. Readers take a finished run folder.
+No import points up a layer.
 """
 
 from __future__ import annotations

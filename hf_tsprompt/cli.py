@@ -123,7 +123,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    from .hub import save_model_card
+    from .cards import save_model_card
 
     print(save_model_card(args.run_dir, args.repo_id, base_model=args.base_model))
     return 0

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from .cards import explain_table_rows, markdown_escape, neighbours_text
 from .errors import ConfigError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_json, atomic_write_text, read_json_dict
 from .models import load_base_model
@@ -496,26 +496,13 @@ def explain_run(
 
 # --- renderings -----------------------------------------------------------------------------
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$])")
-
-
-def _md(text: str) -> str:
-    """Backslash-escape Markdown punctuation (CommonMark allows it before any ASCII
-    punctuation), so token texts such as ``|``, ``<b>`` or ``*`` stay literal text."""
-    return _MD_SPECIAL.sub(r"\\\1", text)
-
-
-def _quote(text: str) -> str:
-    """A token's text, quoted, with whitespace and control characters visible."""
-    return json.dumps(text, ensure_ascii=False)
+_md = markdown_escape
 
 
 def neighbour_text(neigh: TokenNeighbours, top: int | None = None) -> str:
-    """``"the" 0.41, "cat" 0.38`` (plain text; escape it for the target format)."""
-    n = len(neigh.ids) if top is None else top
-    return ", ".join(
-        f"{_quote(t)} {c:.2f}" for t, c in zip(neigh.texts[:n], neigh.cosines[:n], strict=True)
-    )
+    """``"the" 0.41, "cat" 0.38`` (plain text; escape it for the target format): the card's
+    wording (:func:`hf_tsprompt.cards.neighbours_text`)."""
+    return neighbours_text(neigh.texts, neigh.cosines, top)
 
 
 def _members(members: Sequence[int]) -> str:
@@ -528,11 +515,10 @@ def explain_rows(
     """``(virtual token, start neighbours, end neighbours)`` for the model card's table,
     Markdown-escaped; ``top`` tokens per cell (None: all). ``result`` may be a run folder: its
     ``explain.json`` is read, and a folder without one gives no rows. Empty also when the
-    prompt has no nearest tokens (prefix tuning)."""
+    prompt has no nearest tokens (prefix tuning). The card reads a run folder's rows with
+    :func:`hf_tsprompt.cards.explain_table_rows`, which gives the same rows."""
     if not isinstance(result, ExplainResult):
-        if not (Path(result) / EXPLAIN_JSON).is_file():
-            return []
-        result = load_explain(result)
+        return explain_table_rows(result, top)
     start, end = result.start.neighbours, result.end.neighbours
     if start is None or end is None:
         return []

@@ -9,9 +9,11 @@ Every number a run records has one :class:`Metric` here: its ``key`` (as stored 
 
 Readers select from here instead of re-spelling names: callbacks log ``topo/<key>`` for
 :data:`LOGGED_TOPOLOGY_KEYS`, analysis prints Table II with the paper's symbols, the card and
-the report print :data:`SUMMARY_TABLE_KEYS` and :data:`EVOLUTION_TABLE_KEYS` with
-:func:`metric_label` and :func:`format_value`, and plots names its files and titles after
-:data:`FIGURES`. A missing value prints as :data:`MISSING` everywhere.
+the report print the metrics of each summary table (:data:`TABLES`: those whose
+:attr:`Metric.tables` name it, asked with :func:`table_keys` when the table is built, so a
+metric registered later is printed too) with :func:`metric_label` and :func:`format_value`,
+and plots names its files and titles after :data:`FIGURES`. A missing value prints as
+:data:`MISSING` everywhere.
 
 **The metrics** (paper section III, supplement A; keys of
 :meth:`hf_tsprompt.topology.PersistenceResult.summary` and
@@ -43,13 +45,18 @@ a percentage with ``digits`` decimals: ``12.5%``), ``pvalue`` (``1.87e-25`` belo
 ``digits`` decimals). ``None`` and NaN print as :data:`MISSING`.
 
 **Extending.** :func:`register_metric` adds a metric (a new regulariser's logged term, say);
-keys and labels stay unique. The vocabulary is the one registry of this module.
+keys and labels stay unique. The vocabulary is the one registry of this module. A metric
+that names a table in ``tables`` is printed in it on the card and in the report
+(:mod:`hf_tsprompt.cards`) wherever the run folder holds its value; a regulariser's logged
+term, for instance::
+
+    register_metric(Metric("norm_mean", "mean row norm", "mean ||p_i||", tables=("training",)))
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import ConfigError
@@ -74,6 +81,7 @@ __all__ = [
     "LOSS_KEYS",
     "MISSING",
     "SUMMARY_TABLE_KEYS",
+    "TABLES",
     "TABLE_II_KEYS",
     "TABLE_II_STATISTICS",
     "TRAINER_LOG_KEYS",
@@ -85,6 +93,7 @@ __all__ = [
     "get_metric",
     "metric_label",
     "register_metric",
+    "table_keys",
     "vocabulary",
 ]
 
@@ -94,6 +103,12 @@ MISSING = "N/A"
 FORMAT_KINDS: tuple[str, ...] = ("int", "float", "fixed", "percent", "pvalue")
 #: Prefix of the topology metrics in the trainer's logs (``topo/h1_count``).
 LOG_PREFIX = "topo/"
+#: The summary tables of the card and the report, and where each reads its metrics' values:
+#: ``results`` (``run.json``'s value: one column), ``topology`` (``run.json``'s
+#: ``topology_start`` / ``topology_end``: the first and the last snapshot), ``evolution``
+#: (the records' step-to-step diagram distances: mean and max), ``training`` (the trainer's
+#: logs in ``trainer_state.json``: the first and the last logged value).
+TABLES: tuple[str, ...] = ("results", "topology", "evolution", "training")
 
 
 def format_number(value: Any, kind: str = "float", digits: int = 4) -> str:
@@ -135,6 +150,7 @@ class Metric:
         unit: what its value measures, for a figure axis ("" when dimensionless).
         kind: its format, one of :data:`FORMAT_KINDS`.
         digits: significant digits (``float``) or decimals (``fixed``, ``percent``, ``pvalue``).
+        tables: the summary tables (:data:`TABLES`) of the card and the report that print it.
     """
 
     key: str
@@ -143,6 +159,7 @@ class Metric:
     unit: str = ""
     kind: str = "float"
     digits: int = 4
+    tables: tuple[str, ...] = ()
 
     def format(self, value: Any) -> str:
         """``value`` in this metric's format (:func:`format_number`)."""
@@ -166,6 +183,12 @@ def register_metric(metric: Metric) -> Metric:
         raise ConfigError(
             f"metric {metric.key!r}: unknown format {metric.kind!r}; use one of "
             f"{', '.join(FORMAT_KINDS)}."
+        )
+    unknown = [t for t in metric.tables if t not in TABLES]
+    if isinstance(metric.tables, str) or unknown:
+        raise ConfigError(
+            f"metric {metric.key!r}: tables must be a tuple of {', '.join(TABLES)}, got "
+            f"{metric.tables!r}."
         )
     if metric.key in _VOCABULARY:
         raise ConfigError(f"metric {metric.key!r} is already registered; pick another key.")
@@ -208,6 +231,43 @@ def vocabulary() -> tuple[Metric, ...]:
     """Every registered metric, in registration order."""
     return tuple(_VOCABULARY.values())
 
+
+def table_keys(table: str) -> tuple[str, ...]:
+    """The keys of the metrics that summary table ``table`` prints, in registration order,
+    as the registry holds them now (a metric registered by a plugin included).
+
+    Raises:
+        ConfigError: ``table`` is not one of :data:`TABLES`.
+    """
+    if table not in TABLES:
+        raise ConfigError(f"unknown table {table!r}; the tables are {', '.join(TABLES)}.")
+    return tuple(m.key for m in _VOCABULARY.values() if table in m.tables)
+
+
+#: The built-in metrics of the start / end topology table (``tables=("topology",)``).
+SUMMARY_TABLE_KEYS: tuple[str, ...] = (
+    "h0_count",
+    "h1_count",
+    "h0_mean_lifespan",
+    "h1_mean_lifespan",
+    "h0_max_lifespan",
+    "h1_max_lifespan",
+    "entropy",
+)
+#: The built-in metrics of the structural-evolution table (``tables=("evolution",)``).
+EVOLUTION_TABLE_KEYS: tuple[str, ...] = (
+    "h0_wasserstein",
+    "h0_bottleneck",
+    "h1_wasserstein",
+    "h1_bottleneck",
+)
+#: The built-in tables of each built-in metric.
+_BUILTIN_TABLES: dict[str, tuple[str, ...]] = {
+    **{key: ("topology",) for key in SUMMARY_TABLE_KEYS},
+    **{key: ("evolution",) for key in EVOLUTION_TABLE_KEYS},
+    "accuracy_before": ("results",),
+    "accuracy_after": ("results",),
+}
 
 _DISTANCE = "distance (prompt-vector units)"
 
@@ -257,26 +317,9 @@ for _metric in (
     Metric("mannwhitney_u", "Mann-Whitney U", "U", "", "fixed", 1),
     Metric("mannwhitney_p", "Mann-Whitney p-value", "p-value", "", "pvalue", 3),
 ):
-    register_metric(_metric)
+    register_metric(replace(_metric, tables=_BUILTIN_TABLES.get(_metric.key, ())))
 del _metric
 
-#: The start / end topology table of the card and the report (``run.json`` topology_start/end).
-SUMMARY_TABLE_KEYS: tuple[str, ...] = (
-    "h0_count",
-    "h1_count",
-    "h0_mean_lifespan",
-    "h1_mean_lifespan",
-    "h0_max_lifespan",
-    "h1_max_lifespan",
-    "entropy",
-)
-#: The structural-evolution table of the card and the report (mean / max per interval).
-EVOLUTION_TABLE_KEYS: tuple[str, ...] = (
-    "h0_wasserstein",
-    "h0_bottleneck",
-    "h1_wasserstein",
-    "h1_bottleneck",
-)
 #: The metrics of Table II (the first five, in the paper's order) and three more.
 TABLE_II_KEYS: tuple[str, ...] = (
     "h0_count",

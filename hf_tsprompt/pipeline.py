@@ -17,7 +17,7 @@ Run folder layout (``recipe.run_dir``)::
     topology/              PersistenceCallback records (see hf_tsprompt.records)
     eval/before.json, eval/before_predictions.jsonl, eval/after.json, ...
     figures/*.png          hf_tsprompt.viz.plots
-    README.md              the model card (hf_tsprompt.hub)
+    README.md              the model card (hf_tsprompt.cards)
     checkpoint-N/          Trainer checkpoints, if the recipe saves any
 
 Nothing is written before the recipe, the data and the model have loaded (the data first, so
@@ -51,14 +51,14 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.utils import is_liger_kernel_available
 
 from .callbacks import PersistenceCallback
+from .cards import save_model_card
 from .data import TrainCollator, build_train_dataset, uses_chat_template
 from .errors import ConfigError, MissingDependencyError
 from .evaluation import evaluate_model, save_eval
 from .explain import Vocabulary, explain_run, save_explain
 from .finished import evaluate_run, load_data
 from .fsutil import atomic_write_text
-from .hub import save_model_card
-from .metrics import SUMMARY_TABLE_KEYS, format_value, metric_label
+from .metrics import format_value, metric_label, table_keys
 from .models import load_base_model
 from .prompts import get_prompt_model
 from .recipes import TRAINING_DEFAULTS, Recipe
@@ -80,7 +80,6 @@ from .runs import (
 from .trainer import TopologicalLossMixin, TopologicalPromptConfig, TopologicalPromptTrainer
 
 __all__ = [
-    "SUMMARY_METRICS",
     "Log",
     "RunResult",
     "format_summary",
@@ -89,9 +88,6 @@ __all__ = [
     "training_config",
     "versions",
 ]
-
-#: The topology metrics kept in run.json and printed at the end (the card's and report's rows).
-SUMMARY_METRICS: tuple[str, ...] = SUMMARY_TABLE_KEYS
 
 Log = Callable[[str], None]
 
@@ -250,7 +246,9 @@ def _evaluate(model, tokenizer, task, rows, recipe, run_dir: Path, name: str, pr
 def _summary(record: dict[str, Any] | None) -> dict[str, float]:
     if not record:
         return {}
-    return {k: float(record["summary"][k]) for k in SUMMARY_METRICS if k in record["summary"]}
+    # the card's topology rows, read from the registry now (a plugin's metric included)
+    keys = table_keys("topology")
+    return {k: float(record["summary"][k]) for k in keys if k in record["summary"]}
 
 
 # --- the main job -------------------------------------------------------------------------
@@ -645,7 +643,7 @@ def format_summary(result: RunResult) -> str:
     if result.topology_end:
         start, end = result.topology_start, result.topology_end
         lines.append("  topology (start -> end):")
-        for key in SUMMARY_METRICS:
+        for key in table_keys("topology"):
             if key in end:
                 old, new = format_value(key, start.get(key)), format_value(key, end[key])
                 lines.append(f"    {metric_label(key):<28} {old:>10} -> {new:>10}")

@@ -40,7 +40,9 @@ class TopologicalSFTTrainer(TopologicalLossMixin, SFTTrainer):
 
     Same constructor as ``trl.SFTTrainer`` (pass a peft prompt-learning model, or a base model
     with ``peft_config=PromptTuningConfig(...)``). TRL's own metrics (entropy, token accuracy)
-    and ours share TRL's ``self._metrics`` / ``log()`` mechanism.
+    and ours share TRL's ``self._metrics`` / ``log()`` mechanism. Its model card is
+    hf-tsprompt's (``create_model_card``, which TRL also calls at each checkpoint), and
+    ``push_to_hub`` publishes as :class:`~hf_tsprompt.trainer.TopologicalPromptTrainer`'s does.
     """
 
     def __init__(self, model: Any = None, args: Any = None, **kwargs: Any):

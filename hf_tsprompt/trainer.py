@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from transformers import Trainer, TrainingArguments
 
-from .errors import ConfigError
+from .errors import ConfigError, RunFolderError
 from .prompts import PromptCapture, get_prompt_peft_model, method_of, prompt_matrix
 from .regularizers import (
     DEFAULT_REGULARIZER,
@@ -51,7 +51,7 @@ from .regularizers import (
     get_regularizer,
     list_regularizers,
 )
-from .runs import adapter_dir, adapter_save_kwargs, save_adapter
+from .runs import adapter_dir, adapter_save_kwargs, find_adapter, save_adapter
 
 __all__ = [
     "MetricSource",
@@ -219,7 +219,8 @@ class MetricSource(Protocol):
 
 
 class TopologicalLossMixin:
-    """``compute_loss`` / ``log`` additions shared by the Trainer and the TRL variant."""
+    """``compute_loss`` / ``log`` additions shared by the Trainer and the TRL variant, and
+    their model card (``create_model_card``) and push (``push_to_hub``)."""
 
     args: Any
     accelerator: Any
@@ -333,6 +334,105 @@ class TopologicalLossMixin:
             if isinstance(cb, MetricSource):
                 logs.update(cb.pop_pending_logs())
 
+    # --- the model card and the push (TRL's way: create_model_card, then upload) ---------------
+
+    def _card_ts(self) -> dict[str, Any]:
+        """This trainer's regulariser settings for the card (its ``ts_*`` fields)."""
+        return {
+            name.removeprefix("ts_"): getattr(self.args, name)
+            for name in vars(self.args)
+            if name.startswith("ts_")
+        }
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        """Write the hf-tsprompt model card into ``<output_dir>/README.md``.
+
+        Overrides ``Trainer.create_model_card`` as TRL's trainers do: the card is
+        rendered from the packaged template by :func:`hf_tsprompt.cards.save_model_card` from
+        what ``output_dir`` holds (the adapter, saved into ``<output_dir>/adapter`` first when
+        it is not there yet, the trainer state, the barcode records, the figures) and this
+        trainer's ``ts_*`` fields. ``finetuned_from``: the base model's Hub id when the model
+        does not record one; the snippet loads the adapter from ``repo_id=`` (a keyword this
+        override adds), else ``args.hub_model_id``, else its folder. The other arguments of
+        ``Trainer.create_model_card`` are accepted and not used: the card's metadata comes
+        from the run (the README tags come from its regulariser and prompt method). Only the
+        main process writes.
+        """
+        # Imported here (as in push_to_hub), so training never loads the card's modules.
+        from .cards import save_model_card
+
+        if not self.is_world_process_zero():  # type: ignore[attr-defined]
+            return
+        out = Path(self.args.output_dir)
+        try:
+            find_adapter(out)
+        except RunFolderError:
+            save_adapter(self.accelerator.unwrap_model(self.model), adapter_dir(out))
+        repo_id = kwargs.get("repo_id") or self.args.hub_model_id
+        save_model_card(out, repo_id, base_model=finetuned_from, ts=self._card_ts())
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = None,
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        *,
+        repo_id: str | None = None,
+        private: bool | None = None,
+        base_model: str | None = None,
+        private_base: bool = False,
+        **kwargs: Any,
+    ) -> str | None:
+        """Save the adapter into ``<output_dir>/adapter``, write the card, push the run folder.
+
+        As ``Trainer.push_to_hub``, this calls :meth:`create_model_card` and then uploads; but
+        not the whole ``output_dir`` (its ``training_args.bin`` and ``adapter_config.json``
+        name this machine's folders): :func:`hf_tsprompt.hub.push_to_hub` uploads the adapter
+        at the repo root, the card, the figures and the barcode records in one commit, with no
+        path of this machine in them. ``repo_id`` defaults to ``args.hub_model_id``.
+        ``base_model``: the base model's Hub id when the model does not record one (built
+        from a config, or loaded from a local folder); ``private_base`` publishes without one.
+        Returns the commit URL (None on non-main processes).
+
+        Raises:
+            ConfigError: no ``repo_id`` and no ``args.hub_model_id``.
+            HubError: see :func:`hf_tsprompt.hub.push_to_hub`.
+        """
+        from .cards import base_model_id
+        from .hub import push_to_hub as push_run
+
+        if not self.is_world_process_zero():  # type: ignore[attr-defined]
+            return None
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise ConfigError("push_to_hub needs repo_id=... or args.hub_model_id.")
+        out = Path(self.args.output_dir)
+        save_adapter(self.accelerator.unwrap_model(self.model), adapter_dir(out))
+        self.save_state()  # type: ignore[attr-defined]
+        base_id = base_model_id(out, base_model)
+        self.create_model_card(finetuned_from=base_id, repo_id=repo_id)
+        return push_run(
+            out,
+            repo_id,
+            private=bool(private if private is not None else self.args.hub_private_repo),
+            token=token or self.args.hub_token,
+            revision=revision or self.args.hub_revision,
+            commit_message=commit_message,
+            base_model=base_id,
+            private_base=private_base,
+            ts=self._card_ts(),
+        )
+
 
 class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
     """A drop-in ``Trainer`` for peft prompt-learning models that adds TSLoss to the CE.
@@ -367,58 +467,6 @@ class TopologicalPromptTrainer(TopologicalLossMixin, Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         self._merge_metrics(logs)
         super().log(logs, start_time)
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = None,
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        *,
-        repo_id: str | None = None,
-        private: bool | None = None,
-        base_model: str | None = None,
-        private_base: bool = False,
-        **kwargs: Any,
-    ) -> str | None:
-        """Save the adapter into ``<output_dir>/adapter`` and push the run folder.
-
-        Unlike ``Trainer.push_to_hub`` (whose generic card replaces ours), this uploads the
-        adapter at the repo root, the model card (its regulariser rows from this trainer's
-        ``ts_*`` fields), the figures and the barcode records in one commit
-        (:func:`hf_tsprompt.hub.push_to_hub`). ``repo_id`` defaults to ``args.hub_model_id``.
-        ``base_model``: the base model's Hub id when the model does not record one (built
-        from a config, or loaded from a local folder); ``private_base`` publishes without one.
-        Returns the commit URL (None on non-main processes).
-        """
-        # The one import in the library that points up a layer (see the package docstring):
-        # a Trainer's push_to_hub publishes a finished run with its model card, and the card
-        # reads the run folder (hf_tsprompt.hub). Imported here, so training never loads it.
-        from .hub import push_to_hub as push_run
-
-        if not self.is_world_process_zero():
-            return None
-        out = Path(self.args.output_dir)
-        save_adapter(self.accelerator.unwrap_model(self.model), adapter_dir(out))
-        self.save_state()
-        repo_id = repo_id or self.args.hub_model_id
-        if not repo_id:
-            raise ConfigError("push_to_hub needs repo_id=... or args.hub_model_id.")
-        return push_run(
-            out,
-            repo_id,
-            private=bool(private if private is not None else self.args.hub_private_repo),
-            token=token or self.args.hub_token,
-            revision=revision or self.args.hub_revision,
-            commit_message=commit_message,
-            base_model=base_model,
-            private_base=private_base,
-            ts={
-                name.removeprefix("ts_"): getattr(self.args, name)
-                for name in vars(self.args)
-                if name.startswith("ts_")
-            },
-        )
 
 
 def upgrade_args(args: Any, cls: type) -> Any:

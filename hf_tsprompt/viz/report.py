@@ -1,11 +1,16 @@
 """One self-contained HTML report of one or more runs (``hf-tsprompt report RUN_DIR...``).
 
-For each run: its configuration (the resolved recipe), accuracy before and after training,
-loss curves, topology curves, barcodes and persistence diagrams, distance heatmaps, PCA and
-t-SNE of the prompt, and the explain table (:mod:`hf_tsprompt.explain`). With several runs a
+For each run: its configuration (the resolved recipe and the settings table of the card),
+accuracy before and after training, loss curves, topology curves, barcodes and persistence
+diagrams, distance heatmaps, PCA and t-SNE of the prompt, and the explain table
+(:mod:`hf_tsprompt.explain`). With several runs a
 comparison section comes first: a table with one column per run, the recipe keys that differ,
 the overlay figures of :func:`hf_tsprompt.viz.plots.plot_runs`, and barcodes and heatmaps side by
 side.
+
+**The card's tables.** The settings, results, topology, structural-evolution and logged-metric
+tables are the model card's, built by :mod:`hf_tsprompt.cards` (the same rows, chosen from the
+metric registry when the report is built), here as HTML.
 
 **Self-contained.** The figures are drawn by :mod:`hf_tsprompt.viz.plots` into a temporary folder
 and embedded as ``data:image/png;base64`` URIs; the style is inline; there is no script and no
@@ -32,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..cards import evolution_rows, result_rows, settings_rows, topology_rows, training_rows
 from ..errors import ConfigError, MissingFileError, RunFolderError
 from ..fsutil import atomic_write_text, read_json_dict
 from ..metrics import (
-    EVOLUTION_TABLE_KEYS,
     FIG_ACCURACY,
     FIG_BARCODES,
     FIG_DENSITY,
@@ -48,11 +53,11 @@ from ..metrics import (
     FIG_TOPOLOGY_CURVES,
     FIG_TSNE,
     MISSING,
-    SUMMARY_TABLE_KEYS,
     FigureSpec,
     format_number,
     format_value,
     metric_label,
+    table_keys,
 )
 from ..records import evolution_stats, read_records
 from ..runs import REPORT_FILE, eval_paths, read_recipe_text, read_run, records_file
@@ -349,6 +354,11 @@ def _config_html(run: _Run) -> str:
     if isinstance(versions, dict):
         facts.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
     parts = [_table(["run", "value"], [(k, _fmt(v)) for k, v in facts if v is not None])]
+    settings: list[tuple[str, str]] = []
+    with contextlib.suppress(RunFolderError, MissingFileError):  # no adapter: no settings
+        settings = settings_rows(run.path)
+    if settings:
+        parts.append("<h4>Training settings</h4>" + _table(["setting", "value"], settings))
     if run.recipe:
         rows = [(k, _fmt(v)) for k, v in _flatten(run.recipe).items()]
         parts.append("<h4>Recipe</h4>" + _table(["key", "value"], rows))
@@ -361,42 +371,34 @@ def _config_html(run: _Run) -> str:
 
 def _accuracy_html(run: _Run) -> str:
     rows = []
-    for name in ("before", "after"):
-        ev = read_json_dict(eval_paths(run.path, name)[0])
-        acc = run.info.get(f"accuracy_{name}", ev.get("accuracy"))
+    for key, label, value in result_rows(run.path, run.info):
+        ev: dict[str, Any] = {}
+        if key.startswith("accuracy_"):  # a test accuracy: its eval/<name>.json has counts
+            ev = read_json_dict(eval_paths(run.path, key.removeprefix("accuracy_"))[0])
         counts = f"{ev['correct']} / {ev['total']}" if "correct" in ev and "total" in ev else ""
-        key = f"accuracy_{name}"
-        rows.append((metric_label(key), format_value(key, acc), counts))
+        rows.append((label, value, counts))
     return _table(["metric", "value", "correct / total"], rows) + _figure(
         run.figures.get(FIG_ACCURACY.file), FIG_ACCURACY.caption, FIG_ACCURACY.stem
     )
 
 
 def _topology_table(run: _Run) -> str:
-    start = run.info.get("topology_start") or {}
-    end = run.info.get("topology_end") or {}
-    rows = [
-        (metric_label(key), format_value(key, start.get(key)), format_value(key, end.get(key)))
-        for key in SUMMARY_TABLE_KEYS
-        if key in start or key in end
-    ]
+    rows = topology_rows(run.info, run.path)
     return _table(["metric", "start", "end"], rows, num_cols=2) if rows else ""
 
 
-def _evolution_table(run: _Run) -> str:
-    stats = run.evolution
-    if not stats:
+def _training_table(run: _Run) -> str:
+    rows, (first, last) = training_rows(run.path)
+    if not rows:
         return ""
-    intervals = next(iter(stats.values()))["intervals"]
-    rows = [
-        (
-            metric_label(key),
-            format_value(key, stats[key]["mean"]),
-            format_value(key, stats[key]["max"]),
-        )
-        for key in EVOLUTION_TABLE_KEYS
-        if key in stats
-    ]
+    header = ["logged metric", f"first (step {first})", f"last (step {last})"]
+    return _table(header, rows, num_cols=2)
+
+
+def _evolution_table(run: _Run) -> str:
+    rows, intervals = evolution_rows(run.evolution)
+    if not rows:
+        return ""
     note = (
         f'<p class="muted">Structural evolution: the distance between the persistence diagrams '
         f"of consecutive snapshots, over {intervals} snapshot interval(s) (persim; the infinite "
@@ -419,6 +421,8 @@ def _run_html(run: _Run) -> str:
         )
         if key == "topology":
             body = _topology_table(run) + _evolution_table(run) + body
+        elif key == "loss":
+            body = _training_table(run) + body
         parts.append(f'<h3 id="{a}-{key}">{_e(heading)}</h3>{body}')
     parts.append(
         f'<h3 id="{a}-explain">What the prompt reads like (explain)</h3>{_explain_html(run)}'
@@ -444,9 +448,9 @@ def _compare_html(runs: list[_Run], figures: dict[str, Path], notes: list[str]) 
         row("λ_ts (ts.weight)", lambda r: _fmt((r.recipe.get("ts") or {}).get("weight"))),
         row("optimiser steps", lambda r: _fmt(r.info.get("global_step"))),
     ]
-    for key in ("accuracy_before", "accuracy_after"):
+    for key in table_keys("results"):
         rows.append(row(metric_label(key), lambda r, k=key: format_value(k, r.info.get(k))))
-    for key in SUMMARY_TABLE_KEYS:
+    for key in table_keys("topology"):
         rows.append(
             row(
                 f"{metric_label(key)} (start → end)",
@@ -456,7 +460,7 @@ def _compare_html(runs: list[_Run], figures: dict[str, Path], notes: list[str]) 
                 ),
             )
         )
-    for key in EVOLUTION_TABLE_KEYS:
+    for key in table_keys("evolution"):
         rows.append(
             row(
                 f"{metric_label(key)} to the previous snapshot (mean / max)",
