@@ -73,6 +73,7 @@ from ..metrics import (
     metric_label,
 )
 from ..records import evolution_series, load_prompt, read_records, snapshot_accuracy_set
+from ..regularizers import DEFAULT_REGULARIZER
 from ..runs import FIGURES_DIR, TRAINER_STATE_FILE, read_recipe_text, trainer_state_file
 
 __all__ = [
@@ -905,7 +906,7 @@ def _loss_panel_title(key: str, panels: list[str], runs: list[Path]) -> str:
             (read_recipe_text(run, strict=False)[0].get("ts") or {}).get("regularizer")
             for run in runs
         }
-        if regs != {"tsloss"}:
+        if regs != {DEFAULT_REGULARIZER}:  # the paper's TSLoss: its term is L_ts
             return "regulariser loss L_reg (unweighted)"
     return metric_label(key)
 
