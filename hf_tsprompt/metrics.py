@@ -340,13 +340,7 @@ TABLE_II_STATISTICS: tuple[str, ...] = (
 )
 #: The summary metrics a snapshot logs as ``topo/<key>``.
 LOGGED_TOPOLOGY_KEYS: tuple[str, ...] = (
-    "h0_count",
-    "h1_count",
-    "h0_mean_lifespan",
-    "h1_mean_lifespan",
-    "h0_max_lifespan",
-    "h1_max_lifespan",
-    "entropy",
+    *SUMMARY_TABLE_KEYS,
     "h0_entropy",
     "h1_entropy",
     "h1_density",

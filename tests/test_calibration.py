@@ -101,8 +101,9 @@ def expected_sinks(probs, key_valid, threshold, *, mode="absolute", protect_prom
 # --------------------------------------------------------------------------- config
 
 
-def test_config_json_round_trip(tmp_path):
-    config = ACTConfig(
+def _example_config() -> ACTConfig:
+    """Every field set, heads given unsorted, with duplicates and a string layer key."""
+    return ACTConfig(
         heads={3: [2, 0, 2], "1": [1]},
         scale=0.5,
         threshold=3.0,
@@ -111,6 +112,10 @@ def test_config_json_round_trip(tmp_path):
         num_virtual_tokens=4,
         calibration={"rows": 8, "gains": {"3.0": 0.01}},
     )
+
+
+def test_config_json_round_trip(tmp_path):
+    config = _example_config()
     assert config.heads == {1: [1], 3: [0, 2]}
     again = ACTConfig.from_json(config.to_json())
     assert again == config
@@ -405,15 +410,7 @@ def test_real_smollm2_with_grouped_query_attention():
 
 
 def test_act_heads_round_trip_through_the_run_folder(tmp_path):
-    config = ACTConfig(
-        heads={3: [2, 0, 2], "1": [1]},
-        scale=0.5,
-        threshold=3.0,
-        threshold_mode="relative",
-        protect_prompt=True,
-        num_virtual_tokens=4,
-        calibration={"rows": 8, "gains": {"3.0": 0.01}},
-    )
+    config = _example_config()
     path = save_act(config, tmp_path)
     assert path == act_path(tmp_path) == tmp_path / "calibration" / "act.json"
     assert load_act(tmp_path) == config
