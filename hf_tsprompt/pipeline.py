@@ -31,6 +31,7 @@ to that run and whether ``--resume`` (it saved a checkpoint) or ``--overwrite`` 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -43,7 +44,7 @@ from typing import Any
 from .errors import ConfigError, MissingFileError, RunFolderError
 from .fsutil import atomic_write_json, atomic_write_text
 from .metrics import SUMMARY_TABLE_KEYS, format_value, metric_label
-from .recipes import TRAINING_DEFAULTS, Recipe, load_run_recipe
+from .recipes import Recipe, load_run_recipe, training_arguments
 from .runs import (
     ACT_FILE,
     ADAPTER_FILES,
@@ -172,40 +173,14 @@ def snapshot_evaluator(
     return evaluate
 
 
-def _has_accelerator() -> bool:
-    import torch
-
-    xpu = getattr(torch, "xpu", None)
-    return bool(
-        torch.cuda.is_available()
-        or (xpu is not None and xpu.is_available())
-        or torch.backends.mps.is_available()
-    )
-
-
 def training_config(recipe: Recipe, run_dir: Path):
-    """``TopologicalPromptConfig`` from the recipe's training and ts sections."""
-    from .trainer import TopologicalPromptConfig
-
-    values: dict[str, Any] = {
-        **TRAINING_DEFAULTS,
-        # Without an accelerator, say so: only then does TrainingArguments set up gloo DDP
-        # under torchrun / accelerate launch (else each process trains alone, world size 1).
-        "use_cpu": not _has_accelerator(),
-    }
-    values.update(recipe.training)
-    _check_training_on_this_machine(values)
-    try:
-        args = TopologicalPromptConfig(
-            output_dir=str(run_dir),
-            seed=recipe.seed,
-            **recipe.ts.ts_arguments(),
-            **values,
-        )
-    except ConfigError:
-        raise
-    except Exception as err:  # anything TrainingArguments refuses is a recipe problem
-        raise ConfigError(f"the recipe's training section is invalid: {err}") from None
+    """The recipe's ``TopologicalPromptConfig`` (built and validated when the recipe was
+    loaded, :func:`hf_tsprompt.recipes.training_arguments`) writing into ``run_dir``, after
+    the checks that depend on this machine."""
+    args = recipe.training if recipe.training is not None else training_arguments(recipe)
+    args = copy.copy(args)  # the recipe's own config keeps its output_dir
+    args.output_dir = str(run_dir)
+    _check_training_on_this_machine(vars(args))
     _check_optimizer(args)
     return args
 

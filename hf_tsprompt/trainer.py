@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -44,12 +43,11 @@ from transformers import Trainer, TrainingArguments
 from .errors import ConfigError
 from .prompts import PromptCapture, get_prompt_peft_model, method_of, prompt_matrix
 from .regularizers import (
-    DEFAULT_REGULARIZER,
     FIELD_PARAMS,
     WEIGHT,
-    Param,
+    check_ts_settings,
     get_regularizer,
-    list_regularizers,
+    with_ts_fields,
 )
 from .runs import adapter_dir, adapter_save_kwargs, save_adapter
 
@@ -63,45 +61,20 @@ __all__ = [
 ]
 
 
-def _regularizer_help() -> str:
-    """``'tsloss' (the paper, Eq. 6), ... or 'none' (plain cross-entropy)``."""
-    items = []
-    for name in list_regularizers():
-        about = get_regularizer(name).help
-        items.append(f"'{name}' ({about})" if about else f"'{name}'")
-    listed = ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else items[0]
-    return f"Regulariser on the soft prompt: {listed}."
-
-
-def _with_ts_fields(cls: type) -> type:
-    """Make ``cls`` a dataclass whose ``ts_*`` fields come from the regulariser registry:
-    ``ts_regularizer``, ``ts_weight`` (:data:`~hf_tsprompt.regularizers.WEIGHT`), one field
-    per built-in parameter (:data:`~hf_tsprompt.regularizers.FIELD_PARAMS`: name, type,
-    default and ``[symbol] help`` from its declaration), ``ts_params`` and ``ts_adapter``."""
-
-    def declared(p: Param) -> tuple[str, type, Any]:
-        return f"ts_{p.name}", p.type, field(default=p.default, metadata={"help": p.description})
-
-    specs = [
-        (
-            "ts_regularizer",
-            str,
-            field(default=DEFAULT_REGULARIZER, metadata={"help": _regularizer_help()}),
+@with_ts_fields(
+    "ts_",
+    params=(
+        dict | str | None,
+        field(
+            default=None,
+            metadata={
+                "help": "Parameters of a regulariser registered with "
+                "hf_tsprompt.register_regularizer that have no ts_* field of their own, "
+                'e.g. {"gamma": 0.3} (a JSON string on the command line).'
+            },
         ),
-        declared(WEIGHT),
-        *(declared(p) for p in FIELD_PARAMS),
-        (
-            "ts_params",
-            dict | str | None,
-            field(
-                default=None,
-                metadata={
-                    "help": "Parameters of a regulariser registered with "
-                    "hf_tsprompt.register_regularizer that have no ts_* field of their own, "
-                    'e.g. {"gamma": 0.3} (a JSON string on the command line).'
-                },
-            ),
-        ),
+    ),
+    extra=[
         (
             "ts_adapter",
             str | None,
@@ -111,72 +84,46 @@ def _with_ts_fields(cls: type) -> type:
                     "help": "peft adapter whose prompt is regularised (default: the active one)."
                 },
             ),
-        ),
-    ]
-    cls.__annotations__ = {name: tp for name, tp, _ in specs}
-    for name, _, spec in specs:
-        setattr(cls, name, spec)
-    return dataclass(cls)
-
-
-@_with_ts_fields
+        )
+    ],
+)
 class TSArguments:
     """The ``ts_*`` fields shared by :class:`TopologicalPromptConfig` and the TRL variant.
 
-    Built from the declarations in :mod:`hf_tsprompt.regularizers` (paper symbols in brackets
-    in each field's help; defaults follow section V-B where the paper gives a value):
-    ``ts_regularizer`` (a registered name), ``ts_weight`` (lambda_ts), ``ts_beta_h0``,
-    ``ts_beta_h1``, ``ts_tau``, ``ts_alpha``, ``ts_lambda_repel``, ``ts_lambda_attract``,
-    ``ts_variant``, ``ts_scale`` (TSLoss's), ``ts_params`` (the parameters of a registered
-    regulariser that have no field of their own) and ``ts_adapter``.
+    Built from the declarations in :mod:`hf_tsprompt.regularizers` by the builder the recipe's
+    ``ts:`` section uses too (:func:`~hf_tsprompt.regularizers.with_ts_fields`; paper
+    symbols in brackets in each field's help; defaults follow section V-B where the paper
+    gives a value): ``ts_regularizer`` (a registered name), ``ts_weight`` (lambda_ts),
+    ``ts_beta_h0``, ``ts_beta_h1``, ``ts_tau``, ``ts_alpha``, ``ts_lambda_repel``,
+    ``ts_lambda_attract``, ``ts_variant``, ``ts_scale`` (TSLoss's), ``ts_params`` (the
+    parameters of a registered regulariser that have no field of their own) and
+    ``ts_adapter``.
     """
 
-    def validate_ts(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad ``ts_*`` field."""
-        names = list_regularizers()
-        if self.ts_regularizer not in names:
-            raise ConfigError(
-                f"ts_regularizer={self.ts_regularizer!r} is unknown; choose one of "
-                f"{', '.join(names)} (or register it with hf_tsprompt.register_regularizer)."
-            )
-        for p in (WEIGHT, *FIELD_PARAMS):
-            name = f"ts_{p.name}"
-            value = getattr(self, name)
-            if p.problem(value) is None:
-                continue
-            if p.choices is not None:
-                choices = ", ".join(str(c) for c in p.choices)
-                raise ConfigError(f"{name}={value!r} is unknown; choose one of {choices}.")
-            raise ConfigError(f"{name} must be {p.requirement}, got {value!r}.")
+    def validate_ts(self) -> dict[str, Any]:
+        """Raise :class:`ConfigError` naming the first bad ``ts_*`` field
+        (:func:`~hf_tsprompt.regularizers.check_ts_settings`, the recipe's validator too);
+        return the chosen regulariser's parameters (:meth:`ts_regularizer_params`)."""
         if isinstance(self.ts_params, str):
             # A JSON object from the command line, as TrainingArguments reads its dict fields.
             self.ts_params = _json_mapping("ts_params", self.ts_params)
-        self.ts_regularizer_params()
+        return self.ts_regularizer_params()
 
     def ts_regularizer_params(self) -> dict[str, Any]:
         """The chosen regulariser's parameters, checked: from its ``ts_<name>`` field where
         the parameter has one, else from ``ts_params``, else the declared default.
 
         Raises:
-            ConfigError: ``ts_params`` is not a mapping, names a parameter the regulariser
-                does not declare or one that has a field of its own, or holds a bad value.
+            ConfigError: a bad ``ts_*`` value, or ``ts_params`` is not a mapping, names a
+                parameter the regulariser does not declare or one that has a field of its
+                own, or holds a bad value.
         """
-        reg = get_regularizer(self.ts_regularizer)
-        extra = self.ts_params if self.ts_params is not None else {}
-        if not isinstance(extra, Mapping):
-            raise ConfigError(
-                f"ts_params must be a mapping of parameter name -> value, got {extra!r}."
-            )
-        fields = {p.name for p in FIELD_PARAMS}
-        for key in extra:
-            if key in fields:
-                raise ConfigError(
-                    f"ts_params[{key!r}]: {key} has a field of its own; set ts_{key} instead."
-                )
-        values = {p.name: getattr(self, f"ts_{p.name}") for p in reg.params if p.name in fields}
-        values.update(extra)
-        return reg.resolve(
-            values, where=lambda k: f"ts_{k}" if k in fields else f"ts_params[{k!r}]"
+        return check_ts_settings(
+            self.ts_regularizer,
+            {p.name: getattr(self, f"ts_{p.name}") for p in (WEIGHT, *FIELD_PARAMS)},
+            self.ts_params,
+            key=lambda name: f"ts_{name}",
+            param_key=lambda name: f"ts_params[{name!r}]",
         )
 
 
@@ -226,6 +173,11 @@ class TopologicalLossMixin:
     model: Any
 
     def _init_topological(self) -> None:
+        # The regulariser and its checked parameters, resolved once (the registry is read
+        # now, at construction, not at import): the ts_* settings are read when the trainer
+        # is built, as TrainingArguments' are; each step only computes.
+        self._ts_values = self.args.validate_ts()
+        self._ts_regularizer = get_regularizer(self.args.ts_regularizer)
         # Fail at construction (not mid-training) on a model without a soft prompt.
         get_prompt_peft_model(self.model, self.args.ts_adapter)
         if getattr(self.args, "gradient_checkpointing", False):
@@ -269,10 +221,9 @@ class TopologicalLossMixin:
 
     def regularizer(self, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         """The unweighted regulariser L_reg on the prompt of ``model`` and its parts for logging
-        (``args.ts_regularizer`` from :mod:`hf_tsprompt.regularizers`, with its parameters)."""
+        (``args.ts_regularizer`` from :mod:`hf_tsprompt.regularizers`, with its parameters as
+        resolved at construction)."""
         args = self.args
-        reg = get_regularizer(args.ts_regularizer)
-        params = args.ts_regularizer_params()
         # The prompt from this step's forward pass (full even under FSDP / ZeRO-3); outside a
         # forward pass (a direct call) it is read from the parameters.
         P = self._prompt_capture.take()
@@ -281,7 +232,7 @@ class TopologicalLossMixin:
         device_type = P.device.type if P.device.type in ("cpu", "cuda", "xpu", "mps") else "cpu"
         # The regulariser is computed in float32 whatever the model's mixed-precision setting.
         with torch.autocast(device_type=device_type, enabled=False):
-            return reg(P, **params)
+            return self._ts_regularizer.compute(P, self._ts_values)
 
     def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
         """Mirror of ``Trainer.training_step``'s decision whether to divide the loss by GA."""
@@ -305,7 +256,7 @@ class TopologicalLossMixin:
         # The CE this micro-batch contributes to the logged (per optimiser step) loss.
         ce_log = ce.detach().float() * (ga if scaled and mode == "train" else 1)
         self._metrics[mode]["loss_ce"].append(self._mean_across_processes(ce_log))
-        if mode != "train" or not get_regularizer(self.args.ts_regularizer).active:
+        if mode != "train" or not self._ts_regularizer.active:
             return ce
         reg, parts = self.regularizer(model)
         self._metrics[mode]["loss_ts"].append(float(reg.detach()))
@@ -426,8 +377,7 @@ def upgrade_args(args: Any, cls: type) -> Any:
     if args is None:
         return cls(output_dir="tmp_trainer")
     if isinstance(args, TSArguments):
-        args.validate_ts()
-        return args
+        return args  # its ts_* values are checked when the trainer resolves them
     if isinstance(args, TrainingArguments):
         # Re-run the dataclass constructor on the user's own field values (not to_dict(), which
         # serialises enums and drops non-init state).

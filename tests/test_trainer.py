@@ -204,11 +204,11 @@ def test_lora_model_fails_at_construction(tokenizer, tmp_path):
 @pytest.mark.parametrize(
     "field,value,match",
     [
-        ("ts_regularizer", "l1", "ts_regularizer='l1' is unknown"),
-        ("ts_variant", "approx", "ts_variant='approx' is unknown"),
-        ("ts_weight", -1.0, "ts_weight must be a number >= 0"),
-        ("ts_tau", 0.0, "ts_tau must be a number > 0"),
-        ("ts_alpha", "ten", "ts_alpha must be a number > 0"),
+        ("ts_regularizer", "l1", "ts_regularizer='l1' is not a registered regulariser"),
+        ("ts_variant", "approx", "ts_variant must be one of soft, exact, got 'approx'"),
+        ("ts_weight", -1.0, "ts_weight must be >= 0, got -1.0"),
+        ("ts_tau", 0.0, "ts_tau must be > 0, got 0.0"),
+        ("ts_alpha", "ten", "ts_alpha must be a finite number, got 'ten'"),
     ],
 )
 def test_bad_config_values(tmp_path, field, value, match):
