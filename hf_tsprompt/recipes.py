@@ -23,12 +23,17 @@ else against the working directory (``--set data.source=my.jsonl``); anything el
 
 Validation happens here, before any model or dataset is touched: an unknown key, a value of
 the wrong type or a missing local file raises :class:`~hf_tsprompt.errors.ConfigError` /
-:class:`~hf_tsprompt.errors.MissingFileError` naming the key (with a "did you mean"). The
-``training`` section is checked against what transformers and torch accept once training
-starts (read from their source: the optimizer's ranges, positive batch sizes and steps, finite
-numbers, enum choices, scheduler arguments, no options that need an evaluation set), so a bad
-value fails here, not after a model load; what depends on the machine (fp16 without a GPU, a
-missing optimizer or logging package) fails in ``pipeline.training_config``, also before.
+:class:`~hf_tsprompt.errors.MissingFileError` naming the key (with a "did you mean").
+
+The ``training`` section *is* the trainer's config (TRL's way): :func:`load_recipe` builds the
+``TopologicalPromptConfig`` from it (:func:`training_arguments`), so transformers' own
+validation runs here, and so do torch's optimizer and transformers' scheduler, built on one
+dummy parameter; their errors name the recipe key (``training.optim: adamw is not a valid
+OptimizerNames, ...``). Only what transformers does not check and this trainer needs is
+checked by this module, in one place (``_check_training``). What depends on the machine (fp16
+without a GPU, a missing optimizer or logging package) fails in ``pipeline.training_config``,
+also before any model loads. The ``ts`` section is checked by the validator of the ``ts_*``
+fields (:func:`hf_tsprompt.regularizers.check_ts_settings`).
 """
 
 from __future__ import annotations
@@ -498,6 +503,10 @@ _TRAINING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "weight_decay": (lambda x: x >= 0, ">= 0"),
     # DataLoader refuses it, after the model loads.
     "per_device_train_batch_size": (lambda x: x >= 1, ">= 1"),
+    # DataLoader refuses it, after the model loads.
+    "dataloader_num_workers": (lambda x: x >= 0, ">= 0"),
+    # the Trainer's NEFTune hook scales noise by it; a negative one fails there.
+    "neftune_noise_alpha": (lambda x: x > 0, "> 0 (or null for no NEFTune noise)"),
     # the Trainer divides the loss by it.
     "gradient_accumulation_steps": (lambda x: x >= 1, ">= 1"),
     # 0 or < -1 trains nothing, silently.
@@ -584,8 +593,10 @@ def _build_optimizer_and_scheduler(args: Any, given: dict[str, Any]) -> None:
 
     try:
         cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
-    except Exception:
-        return  # a missing package or a model-dependent optimizer: checked where it trains
+    except ImportError:
+        return  # a package missing here: checked on the machine that trains
+    except (ValueError, TypeError) as err:  # e.g. optim_args that are not key=value pairs
+        raise _training_error(err, given, _OPTIMIZER_KEYS) from None
     if not getattr(cls, "__module__", "").startswith("torch.optim"):
         return
     try:

@@ -269,3 +269,23 @@ def test_a_callback_with_pending_metrics_is_logged_through_the_declared_protocol
     logged = [h["my/metric"] for h in trainer.state.log_history if "my/metric" in h]
     # One hand-over per log: the 3 logging steps and the end-of-training summary.
     assert logged == [1.0, 2.0, 3.0, 4.0] and counter.calls == 4
+
+
+def test_the_regulariser_is_resolved_once_per_trainer(tokenizer, tmp_path, monkeypatch):
+    """Issue 27: its parameters are checked at construction, not at every training step."""
+    from hf_tsprompt.regularizers import Regularizer
+
+    calls = []
+    resolve = Regularizer.resolve
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.name)
+        return resolve(self, *args, **kwargs)
+
+    monkeypatch.setattr(Regularizer, "resolve", counting)
+    args = _args(tmp_path, max_steps=3)  # the config checks its ts_* values once, too
+    calls.clear()
+    trainer = _trainer(tokenizer, _prompt_model(tokenizer), args)
+    assert calls == ["tsloss"]
+    trainer.train()
+    assert calls == ["tsloss"] and trainer.state.global_step == 3
