@@ -6,9 +6,11 @@ its parameters (:class:`~hf_tsprompt.hyperparams.Param`: name, default, paper sy
 constraint). The trainer adds ``lambda_ts * L_reg`` to the cross-entropy (``ts_weight``,
 :data:`WEIGHT`); everything else reads the registry instead of repeating names:
 ``TopologicalPromptConfig.ts_regularizer`` and the recipe's ``ts.regularizer`` accept the
-registered names, the trainer dispatches through :func:`get_regularizer`, the ``ts_*``
-fields, the recipe's ``ts:`` section and the model card's setup table are built from the
-declarations, and all of them validate with them.
+registered names, the trainer dispatches through :func:`get_regularizer` (resolved once per
+trainer), the ``ts_*`` fields and the recipe's ``ts:`` section are built from the
+declarations by one builder (:func:`with_ts_fields`) and checked by one validator
+(:func:`check_ts_settings`, one wording in either spelling), and the model card's setup
+table reads them too.
 
 Built-ins (Table III): ``tsloss`` (the paper, Eq. 6, :func:`hf_tsprompt.losses.ts_loss`,
 parameters :data:`~hf_tsprompt.hyperparams.TSLOSS_PARAMS`; logs ``ts_h0``, ``ts_h1``,
