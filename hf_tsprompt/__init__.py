@@ -24,7 +24,7 @@ the pipeline and the CLI load only when a command needs them (so ``--help`` stay
 
 1. foundations: _version, errors, fsutil, hyperparams, metrics, runs
 2. core: topology, losses, regularizers, prompts
-3. pieces: records, callbacks, trainer, sft, data, data.answers, data.tasks, data.custom,
+3. pieces: records, callbacks, config, trainer, sft, data, data.answers, data.tasks, data.custom,
    data.loading, data.features, embedded, models, evaluation, generation, distributed,
    attention, calibration, dpc
 4. recipes: recipes

@@ -448,7 +448,7 @@ def training_arguments(recipe: Recipe, given: dict[str, Any] | None = None) -> A
     OptimizerNames, ...``). Then :func:`_check_training` refuses what transformers does not
     check and this trainer needs. No model is loaded.
     """
-    from .trainer import TopologicalPromptConfig
+    from .config import TopologicalPromptConfig
 
     given = recipe.training_given if given is None else given
     values = {**TRAINING_DEFAULTS, "use_cpu": not _has_accelerator(), **given}
