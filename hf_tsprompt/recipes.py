@@ -746,12 +746,22 @@ def _resolve_local(
     return value
 
 
-def recipe_from_dict(raw: Any, *, base_dir: str | Path = ".", check_sources: bool = True) -> Recipe:
+def recipe_from_dict(
+    raw: Any,
+    *,
+    base_dir: str | Path = ".",
+    check_sources: bool = True,
+    build_training: bool = True,
+) -> Recipe:
     """Validate a parsed recipe mapping and build a :class:`Recipe`.
 
     ``check_sources`` (default) also refuses a ``data.source`` path that does not exist and
     builds the task once to check its config and options; a finished run's saved recipe is
-    read without (its data may have moved since; ``push`` does not need it)."""
+    read without (its data may have moved since; ``push`` does not need it).
+    ``build_training`` (default) builds ``recipe.training``, the trainer's config
+    (:func:`training_arguments`); a finished run's recipe is read without, as building it
+    sets up this machine's devices and may need what only the training machine had (``tf32``,
+    a DeepSpeed file): its ``training`` keys are type-checked, ``recipe.training`` is None."""
     if not isinstance(raw, dict):
         raise ConfigError(
             f"a recipe must be a YAML mapping of sections, got {type(raw).__name__}; see "
@@ -785,7 +795,8 @@ def recipe_from_dict(raw: Any, *, base_dir: str | Path = ".", check_sources: boo
     if recipe.output_dir is not None:
         out = Path(recipe.output_dir).expanduser()
         recipe.output_dir = str(out if out.is_absolute() else Path.cwd() / out)
-    recipe.training = training_arguments(recipe)
+    if build_training:
+        recipe.training = training_arguments(recipe)
     return recipe
 
 
@@ -917,6 +928,8 @@ def recipe_variants(path: str | Path) -> list[str]:
 
 
 def load_run_recipe(run_dir: str | Path) -> Recipe:
-    """The resolved recipe saved in a run folder (``<run>/recipe.yaml``), validated."""
+    """The resolved recipe saved in a run folder (``<run>/recipe.yaml``), validated, without
+    its data sources or its training config (``recipe.training`` is None; see
+    :func:`recipe_from_dict`)."""
     raw, _ = read_recipe_text(run_dir, strict=True)
-    return recipe_from_dict(raw, base_dir=run_dir, check_sources=False)
+    return recipe_from_dict(raw, base_dir=run_dir, check_sources=False, build_training=False)

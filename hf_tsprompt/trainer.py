@@ -7,9 +7,10 @@ on P (``l2``, ``pdloss``) and plain CE (``none``) are the same trainer with anot
 ``ts_regularizer``.
 
 Layout follows TRL: the config (:mod:`hf_tsprompt.config`, a ``TrainingArguments`` subclass
-with documented ``ts_*`` fields, re-exported here) sits beside the trainer; extra metrics are collected in ``self._metrics`` inside
-``compute_loss`` and averaged into the logs by an overridden ``log()``, so TensorBoard / W&B
-receive them (a callback's ``on_log`` runs after the reporting integrations have written).
+with documented ``ts_*`` fields, re-exported here) sits beside the trainer; extra metrics are
+collected in ``self._metrics`` inside ``compute_loss`` and averaged into the logs by an
+overridden ``log()``, so TensorBoard / W&B receive them (a callback's ``on_log`` runs after
+the reporting integrations have written).
 
 **Gradient accumulation and world size.** ``Trainer`` divides the returned loss by the
 number of accumulation steps only when the CE is *not* already normalised by

@@ -372,3 +372,17 @@ def test_the_saved_recipe_rebuilds_the_same_config(tmp_path):
     again = recipe_from_dict(yaml.safe_load(recipe.to_yaml()), base_dir=tmp_path)
     assert again.to_dict()["training"] == {"learning_rate": 0.01, "lr_scheduler_type": "cosine"}
     assert again.training.to_dict() == recipe.training.to_dict()
+
+
+def test_a_finished_runs_recipe_is_read_without_building_its_training_config(tmp_path):
+    """A run's recipe may name what only the training machine had (tf32 needs an Ampere GPU):
+    report / push read it without building the config; the pipeline builds it when needed."""
+    from hf_tsprompt.pipeline import training_config
+
+    raw = {"training": {"tf32": True, "learning_rate": 0.01}}
+    recipe = recipe_from_dict(raw, base_dir=tmp_path, build_training=False)
+    assert recipe.training is None and recipe.to_dict()["training"] == raw["training"]
+    ok = recipe_from_dict({"training": {"learning_rate": 0.01}}, build_training=False)
+    assert training_config(ok, tmp_path / "run").learning_rate == 0.01
+    with pytest.raises(ConfigError, match="unknown key training.lerning_rate"):
+        recipe_from_dict({"training": {"lerning_rate": 1}}, build_training=False)
