@@ -33,9 +33,9 @@ at module level (the CLI imports it lazily), except the optional [viz] extra.
 
 1. foundations: _version, errors, extras, fsutil, hyperparams, metrics, runs
 2. core: topology, losses, regularizers, prompts
-3. pieces: records, callbacks, cards, hub, trainer, sft, data, data.answers, data.tasks,
-   data.custom, data.loading, data.features, embedded, models, evaluation, generation,
-   distributed, paper, paper.attention, paper.calibration, paper.dpc
+3. pieces: records, callbacks, cards, config, hub, trainer, sft, data, data.answers,
+   data.tasks, data.custom, data.loading, data.features, embedded, models, evaluation,
+   generation, distributed, paper, paper.attention, paper.calibration, paper.dpc
 4. recipes: recipes
 5. readers: explain, analysis, finished, viz, viz.plots, viz.report
 6. pipeline: pipeline

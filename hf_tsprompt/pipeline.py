@@ -33,6 +33,7 @@ to that run and whether ``--resume`` (it saved a checkpoint) or ``--overwrite`` 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -61,7 +62,7 @@ from .fsutil import atomic_write_text
 from .metrics import format_value, metric_label, table_keys
 from .models import load_base_model
 from .prompts import get_prompt_model
-from .recipes import TRAINING_DEFAULTS, Recipe
+from .recipes import Recipe, training_arguments
 from .records import read_records
 from .runs import (
     CARD_FILE,
@@ -77,7 +78,7 @@ from .runs import (
     save_adapter,
     write_run,
 )
-from .trainer import TopologicalLossMixin, TopologicalPromptConfig, TopologicalPromptTrainer
+from .trainer import TopologicalLossMixin, TopologicalPromptTrainer
 
 __all__ = [
     "Log",
@@ -148,36 +149,14 @@ def snapshot_evaluator(
     return evaluate
 
 
-def _has_accelerator() -> bool:
-    xpu = getattr(torch, "xpu", None)
-    return bool(
-        torch.cuda.is_available()
-        or (xpu is not None and xpu.is_available())
-        or torch.backends.mps.is_available()
-    )
-
-
 def training_config(recipe: Recipe, run_dir: Path):
-    """``TopologicalPromptConfig`` from the recipe's training and ts sections."""
-    values: dict[str, Any] = {
-        **TRAINING_DEFAULTS,
-        # Without an accelerator, say so: only then does TrainingArguments set up gloo DDP
-        # under torchrun / accelerate launch (else each process trains alone, world size 1).
-        "use_cpu": not _has_accelerator(),
-    }
-    values.update(recipe.training)
-    _check_training_on_this_machine(values)
-    try:
-        args = TopologicalPromptConfig(
-            output_dir=str(run_dir),
-            seed=recipe.seed,
-            **recipe.ts.ts_arguments(),
-            **values,
-        )
-    except ConfigError:
-        raise
-    except Exception as err:  # anything TrainingArguments refuses is a recipe problem
-        raise ConfigError(f"the recipe's training section is invalid: {err}") from None
+    """The recipe's ``TopologicalPromptConfig`` (built and validated when the recipe was
+    loaded, :func:`hf_tsprompt.recipes.training_arguments`) writing into ``run_dir``, after
+    the checks that depend on this machine."""
+    args = recipe.training if recipe.training is not None else training_arguments(recipe)
+    args = copy.copy(args)  # the recipe's own config keeps its output_dir
+    args.output_dir = str(run_dir)
+    _check_training_on_this_machine(vars(args))
     _check_optimizer(args)
     return args
 

@@ -23,12 +23,17 @@ else against the working directory (``--set data.source=my.jsonl``); anything el
 
 Validation happens here, before any model or dataset is touched: an unknown key, a value of
 the wrong type or a missing local file raises :class:`~hf_tsprompt.errors.ConfigError` /
-:class:`~hf_tsprompt.errors.MissingFileError` naming the key (with a "did you mean"). The
-``training`` section is checked against what transformers and torch accept once training
-starts (read from their source: the optimizer's ranges, positive batch sizes and steps, finite
-numbers, enum choices, scheduler arguments, no options that need an evaluation set), so a bad
-value fails here, not after a model load; what depends on the machine (fp16 without a GPU, a
-missing optimizer or logging package) fails in ``pipeline.training_config``, also before.
+:class:`~hf_tsprompt.errors.MissingFileError` naming the key (with a "did you mean").
+
+The ``training`` section *is* the trainer's config (TRL's way): :func:`load_recipe` builds the
+``TopologicalPromptConfig`` from it (:func:`training_arguments`), so transformers' own
+validation runs here, and so do torch's optimizer and transformers' scheduler, built on one
+dummy parameter; their errors name the recipe key (``training.optim: adamw is not a valid
+OptimizerNames, ...``). Only what transformers does not check and this trainer needs is
+checked by this module, in one place (``_check_training``). What depends on the machine (fp16
+without a GPU, a missing optimizer or logging package) fails in ``pipeline.training_config``,
+also before any model loads. The ``ts`` section is checked by the validator of the ``ts_*``
+fields (:func:`hf_tsprompt.regularizers.check_ts_settings`).
 """
 
 from __future__ import annotations
@@ -45,15 +50,16 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, MissingFileError
-from .hyperparams import Param
 from .models import is_hub_id
 from .prompts import PROMPT_INITS, prompt_method_names, prompt_methods
 from .regularizers import (
     DEFAULT_REGULARIZER,
     FIELD_PARAMS,
     WEIGHT,
+    check_ts_settings,
     get_regularizer,
     list_regularizers,
+    with_ts_fields,
 )
 from .runs import read_recipe_text
 
@@ -72,6 +78,7 @@ __all__ = [
     "parse_overrides",
     "recipe_from_dict",
     "recipe_variants",
+    "training_arguments",
 ]
 
 # Paper settings (section V-B).
@@ -154,22 +161,7 @@ class PeftSection:
     """Text for ``init: text``."""
 
 
-def _with_ts_keys(cls: type) -> type:
-    """Make ``cls`` a dataclass whose fields are the ``ts:`` keys, from the regulariser
-    registry's declarations: ``regularizer``, ``weight``, one key per built-in parameter
-    (:data:`~hf_tsprompt.regularizers.FIELD_PARAMS`) and ``params``."""
-    specs: list[tuple[str, Any, Any]] = [
-        ("regularizer", str, field(default=DEFAULT_REGULARIZER)),
-        *((p.name, p.type, field(default=p.default)) for p in (WEIGHT, *FIELD_PARAMS)),
-        ("params", dict[str, Any], field(default_factory=dict)),
-    ]
-    cls.__annotations__ = {name: tp for name, tp, _ in specs}
-    for name, _, spec in specs:
-        setattr(cls, name, spec)
-    return dataclass(cls)
-
-
-@_with_ts_keys
+@with_ts_fields("", params=(dict[str, Any], field(default_factory=dict)))
 class TSSection:
     """The regulariser (``TopologicalPromptConfig.ts_*``); see ``hf_tsprompt.regularizers``.
 
@@ -183,7 +175,7 @@ class TSSection:
 
     def ts_arguments(self) -> dict[str, Any]:
         """The ``ts_*`` keyword arguments of ``TopologicalPromptConfig``: ``ts.<key>`` is
-        ``ts_<key>`` (both are built from the same declarations)."""
+        ``ts_<key>`` (both are built by ``regularizers.with_ts_fields``)."""
         return {
             f"ts_{f.name}": dict(value) if isinstance(value, dict) else value
             for f in dataclasses.fields(self)
@@ -231,11 +223,22 @@ class Recipe:
     peft: PeftSection = field(default_factory=PeftSection)
     ts: TSSection = field(default_factory=TSSection)
     topology: TopologySection = field(default_factory=TopologySection)
-    training: dict[str, Any] = field(default_factory=dict)
-    """Any ``transformers.TrainingArguments`` field (output_dir is set from the recipe)."""
+    training: Any = None
+    """The ``training:`` section *is* the trainer's config: a ``TopologicalPromptConfig``
+    (a ``TrainingArguments``) built by :func:`load_recipe` from the section's keys (any
+    ``TrainingArguments`` field) and what the other sections fix (:func:`training_arguments`),
+    so transformers validates it before any model loads. Given as a mapping (a recipe built in
+    Python), it is that mapping's keys; ``pipeline.training_config`` builds the config."""
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    training_given: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
+    """The ``training`` keys the recipe gave (what ``recipe.yaml`` records: the config holds
+    every field, defaults included)."""
     base_dir: str = field(default=".", metadata={"internal": True})
     """Folder relative paths are resolved against (the recipe file's folder)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.training, dict):
+            self.training_given, self.training = dict(self.training), None
 
     @property
     def run_dir(self) -> Path:
@@ -244,8 +247,14 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain YAML-ready data (without internal fields, and without
         ``ts.params`` when the regulariser has none)."""
-        out = dataclasses.asdict(self)
-        out.pop("base_dir", None)
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("internal"):
+                continue
+            value = getattr(self, f.name)
+            if f.name == "training":
+                value = dict(self.training_given)
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         if not out["ts"]["params"]:
             del out["ts"]["params"]
         return out
@@ -387,7 +396,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _check_training(raw: Any) -> dict[str, Any]:
+def _given_training(raw: Any) -> dict[str, Any]:
+    """The ``training`` keys as given, type-checked against ``TrainingArguments``' own
+    annotations (the dataclass does not check types; its CLI parser would)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -410,58 +421,98 @@ def _check_training(raw: Any) -> dict[str, Any]:
                 f"unknown key training.{key}: not a transformers TrainingArguments field."
                 f"{_suggest(key, fields)}"
             )
-        tp = hints.get(key)
-        out[key] = _check_type(f"training.{key}", value, tp)
+        out[key] = _check_type(f"training.{key}", value, hints.get(key))
     return out
 
 
-def _training_value(values: dict[str, Any], key: str) -> Any:
-    """A training field as the Trainer will see it: the recipe's, else the pipeline's
-    default, else TrainingArguments' own default."""
-    if key in values:
-        return values[key]
-    if key in TRAINING_DEFAULTS:
-        return TRAINING_DEFAULTS[key]
-    from transformers import TrainingArguments
+def _has_accelerator() -> bool:
+    import torch
 
-    return next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == key)
+    xpu = getattr(torch, "xpu", None)
+    return bool(
+        torch.cuda.is_available()
+        or (xpu is not None and xpu.is_available())
+        or torch.backends.mps.is_available()
+    )
 
 
-#: Numeric training fields and the values torch / the Trainer accept (read from their source:
-#: torch.optim.AdamW checks lr, eps and betas; DataLoader checks batch_size and num_workers;
-#: the Trainer divides by gradient_accumulation_steps; warmup_steps is a ratio below 1).
+def training_arguments(recipe: Recipe, given: dict[str, Any] | None = None) -> Any:
+    """The recipe's ``TopologicalPromptConfig``: the ``training`` keys (``given``, default
+    ``recipe.training_given``) over :data:`TRAINING_DEFAULTS`, with what the other sections
+    fix: ``output_dir`` (the run folder), ``seed``, the ``ts_*`` fields (``ts:``) and
+    ``use_cpu`` (without an accelerator, say so: only then does ``TrainingArguments`` set up
+    gloo DDP under torchrun / accelerate launch).
+
+    transformers validates it (``TrainingArguments.__post_init__``); its errors become
+    :class:`ConfigError`s naming the recipe key (``training.optim: adamw is not a valid
+    OptimizerNames, ...``). Then :func:`_check_training` refuses what transformers does not
+    check and this trainer needs. No model is loaded.
+    """
+    from .config import TopologicalPromptConfig
+
+    given = recipe.training_given if given is None else given
+    values = {**TRAINING_DEFAULTS, "use_cpu": not _has_accelerator(), **given}
+    try:
+        args = TopologicalPromptConfig(
+            output_dir=str(recipe.run_dir),
+            seed=recipe.seed,
+            **recipe.ts.ts_arguments(),
+            **values,
+        )
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, NotImplementedError) as err:
+        raise _training_error(err, given) from None
+    _check_training(args, given, recipe.peft.method)
+    return args
+
+
+def _training_error(err: BaseException, given: dict[str, Any], keys: Any = None) -> ConfigError:
+    """transformers' (or torch's) own error, naming the recipe keys it is about: the given
+    ``keys`` (default: all given ones) that the message names, else whose value it quotes,
+    else all of them; with a "did you mean" where it lists the choices."""
+    import re
+
+    # A KeyError's str() is the repr of its key.
+    text = str(err.args[0] if isinstance(err, KeyError) and err.args else err).strip()
+    candidates = [k for k in (keys if keys is not None else given) if k in given]
+    named = [k for k in candidates if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", text)]
+    if not named:
+        named = [
+            k
+            for k in candidates
+            if isinstance(given[k], (str, int, float))
+            and not isinstance(given[k], bool)
+            and re.search(rf"(?<![\w.-]){re.escape(str(given[k]))}(?![\w.])", text)
+        ]
+    named = named or (candidates if keys is not None else [])
+    where = " / ".join(f"training.{k}" for k in named) or "the recipe's training section"
+    hint = ""
+    choices = re.search(r"select one of \[(.*?)\]", text)
+    if choices and len(named) == 1:
+        hint = _suggest(str(given[named[0]]), re.findall(r"'([^']*)'", choices.group(1)))
+    return ConfigError(f"{where}: {text}{hint}")
+
+
+#: What ``TrainingArguments`` does not check and torch or this trainer needs, refused before
+#: any model loads (checked once, in :func:`_check_training`). Each range says why.
 _TRAINING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    # torch accepts lr = 0, but the prompt would never move: the issue-18 rule, zero refused.
+    # torch refuses lr < 0 only when the optimizer is built; lr = 0 is the issue-18 rule.
     "learning_rate": (lambda x: x > 0, "> 0 (at 0 the prompt never moves)"),
+    # the Trainer passes it in a parameter group, which torch does not check.
     "weight_decay": (lambda x: x >= 0, ">= 0"),
-    "adam_epsilon": (lambda x: x >= 0, ">= 0"),
-    "adam_beta1": (lambda x: 0 <= x < 1, "in [0, 1)"),
-    "adam_beta2": (lambda x: 0 <= x < 1, "in [0, 1)"),
-    "warmup_steps": (lambda x: x >= 0, ">= 0 (a value below 1 is a ratio of the total steps)"),
-    "num_train_epochs": (lambda x: x >= 0, ">= 0"),
+    # DataLoader refuses it, after the model loads.
     "per_device_train_batch_size": (lambda x: x >= 1, ">= 1"),
-    "per_device_eval_batch_size": (lambda x: x >= 1, ">= 1"),
-    "gradient_accumulation_steps": (lambda x: x >= 1, ">= 1"),
-    "max_steps": (lambda x: x == -1 or x >= 1, ">= 1, or -1 to train num_train_epochs epochs"),
-    "logging_steps": (lambda x: x > 0, "> 0 (a value below 1 is a ratio of the total steps)"),
-    "save_steps": (lambda x: x > 0, "> 0 (a value below 1 is a ratio of the total steps)"),
-    "eval_steps": (lambda x: x > 0, "> 0"),
-    "eval_delay": (lambda x: x >= 0, ">= 0"),
-    "eval_accumulation_steps": (lambda x: x >= 1, ">= 1"),
-    "save_total_limit": (lambda x: x >= 0, ">= 0"),
+    # DataLoader refuses it, after the model loads.
     "dataloader_num_workers": (lambda x: x >= 0, ">= 0"),
-    "dataloader_prefetch_factor": (lambda x: x >= 1, ">= 1"),
-    "torch_empty_cache_steps": (lambda x: x >= 1, ">= 1"),
+    # the Trainer's NEFTune hook scales noise by it; a negative one fails there.
     "neftune_noise_alpha": (lambda x: x > 0, "> 0 (or null for no NEFTune noise)"),
-    "label_smoothing_factor": (
-        lambda x: x == 0,
-        "0 (label smoothing is not supported with soft prompts: the logits include the virtual "
-        "tokens, the labels do not, and the Trainer's label smoother fails on the shapes)",
-    ),
-    "ddp_timeout": (lambda x: x >= 1, ">= 1 (seconds)"),
-    "ddp_bucket_cap_mb": (lambda x: x >= 1, ">= 1"),
-    "data_seed": (lambda x: 0 <= x < 2**32, "in [0, 2**32)"),
-    "max_grad_norm": (lambda x: True, "a finite number (<= 0 turns clipping off)"),
+    # the Trainer divides the loss by it.
+    "gradient_accumulation_steps": (lambda x: x >= 1, ">= 1"),
+    # 0 or < -1 trains nothing, silently.
+    "max_steps": (lambda x: x == -1 or x >= 1, ">= 1, or -1 to train num_train_epochs epochs"),
+    # the Trainer's label smoother fails on the shapes: the logits include the virtual tokens.
+    "label_smoothing_factor": (lambda x: x == 0, "0 (not supported with soft prompts)"),
 }
 #: Features that need an evaluation set; hf-tsprompt gives the Trainer none (it scores
 #: accuracy itself: ``evaluation`` and ``topology.evaluate``).
@@ -469,180 +520,99 @@ _NEEDS_EVAL = (
     "hf-tsprompt trains without an evaluation set (accuracy is scored by the recipe's "
     "'evaluation' section and, at each barcode, by topology.evaluate)"
 )
+#: The keys that feed the optimizer and the scheduler (their errors name these).
+_OPTIMIZER_KEYS = (
+    "optim",
+    "optim_args",
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+)
+_SCHEDULER_KEYS = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps")
 
 
-def _enum_choices(key: str) -> tuple[str, ...]:
-    from transformers import trainer_utils, training_args
-
-    enums = {
-        "lr_scheduler_type": trainer_utils.SchedulerType,
-        "optim": training_args.OptimizerNames,
-        "logging_strategy": trainer_utils.IntervalStrategy,
-        "save_strategy": trainer_utils.SaveStrategy,
-        "eval_strategy": trainer_utils.IntervalStrategy,
-        "hub_strategy": trainer_utils.HubStrategy,
-    }
-    if key in enums:
-        return tuple(str(m.value) for m in enums[key])
-    return tuple(training_args.trainer_log_levels)  # log_level, log_level_replica
-
-
-def _check_training_values(values: dict[str, Any], peft_method: str) -> None:
-    """Refuse what transformers or torch would reject only after the model has loaded.
-
-    ``values`` are the recipe's ``training`` fields, already type-checked. Each error names
-    the key and the accepted values. Checks that depend on this machine (fp16 without a GPU,
-    a reporting integration that is not installed) happen when the pipeline builds the config.
-    """
+def _check_training(args: Any, given: dict[str, Any], peft_method: str) -> None:
+    """The one place for what transformers does not check at construction: refuse here what
+    torch or the Trainer would reject only after the model has loaded, and what this trainer
+    needs. ``args`` is the built config; messages name the recipe's ``training`` keys."""
     import math
 
     def bad(key: str, accepted: str) -> ConfigError:
-        return ConfigError(
-            f"training.{key}={values[key]!r} is not accepted; it must be {accepted}."
-        )
+        return ConfigError(f"training.{key}={given[key]!r} is not accepted; it must be {accepted}.")
 
-    for key, value in values.items():
+    for key, value in given.items():
+        # NaN passes every range (each comparison is False) and reaches the optimizer.
         if isinstance(value, float) and not math.isfinite(value):
-            accepted = _TRAINING_RANGES[key][1] if key in _TRAINING_RANGES else ""
-            raise bad(key, f"a finite number {accepted}".strip())
-        if key in _TRAINING_RANGES and value is not None:
-            ok, accepted = _TRAINING_RANGES[key]
-            if not ok(value):
-                raise bad(key, accepted)
-        steps = key in ("logging_steps", "save_steps", "eval_steps") and value is not None
-        if steps and value > 1 and value != int(value):
-            raise bad(key, "a whole number of steps, or a ratio below 1")
-    for key in (
-        "lr_scheduler_type",
-        "optim",
-        "logging_strategy",
-        "save_strategy",
-        "hub_strategy",
-        "eval_strategy",
-        "log_level",
-        "log_level_replica",
-    ):
-        value = values.get(key)
-        if value is None:
-            continue
-        choices = _enum_choices(key)
-        if not isinstance(value, str) or value not in choices:
+            raise bad(key, "a finite number")
+        if key in _TRAINING_RANGES and value is not None and not _TRAINING_RANGES[key][0](value):
+            raise bad(key, _TRAINING_RANGES[key][1])
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        raise ConfigError(
+            f"training.num_train_epochs={args.num_train_epochs!r} with "
+            "max_steps -1 trains nothing; set num_train_epochs > 0 or max_steps >= 1."
+        )
+    # The Trainer looks log levels up only when it starts.
+    from transformers.training_args import trainer_log_levels
+
+    for key in ("log_level", "log_level_replica"):
+        if key in given and given[key] not in trainer_log_levels:
             raise ConfigError(
-                f"training.{key}={value!r} is not allowed; choose one of {', '.join(choices)}."
-                f"{_suggest(str(value), choices)}"
+                f"training.{key}={given[key]!r} is not allowed; choose one of "
+                f"{', '.join(trainer_log_levels)}.{_suggest(str(given[key]), trainer_log_levels)}"
             )
-    if _training_value(values, "eval_strategy") != "no":
+    if str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no":
         raise ConfigError(f"training.eval_strategy must be 'no': {_NEEDS_EVAL}.")
-    for key in ("eval_on_start", "load_best_model_at_end", "do_eval"):
-        if values.get(key):
+    for key in ("eval_on_start", "do_eval", "load_best_model_at_end"):
+        if given.get(key):
             raise ConfigError(f"training.{key} must be false: {_NEEDS_EVAL}.")
-    if _training_value(values, "save_strategy") == "best":
+    if str(getattr(args.save_strategy, "value", args.save_strategy)) == "best":
         raise ConfigError(
             f"training.save_strategy 'best' needs a metric: {_NEEDS_EVAL}; use "
             "'steps', 'epoch' or 'no'."
         )
-    if values.get("lr_scheduler_type") in ("reduce_lr_on_plateau", "greedy"):
-        raise ConfigError(
-            f"training.lr_scheduler_type={values['lr_scheduler_type']!r} steps on an evaluation "
-            f"metric: {_NEEDS_EVAL}; use e.g. linear, cosine or constant."
-        )
-    epochs = _training_value(values, "num_train_epochs")
-    if _training_value(values, "max_steps") == -1 and not epochs > 0:
-        raise ConfigError(
-            f"training.num_train_epochs={epochs!r} with "
-            "max_steps -1 trains nothing; set num_train_epochs > 0 or max_steps >= 1."
-        )
-    if values.get("fp16") and values.get("bf16"):
-        raise ConfigError("training.fp16 and training.bf16 are both true; choose at most one.")
-    workers = _training_value(values, "dataloader_num_workers")
-    for key in ("dataloader_persistent_workers", "dataloader_prefetch_factor"):
-        if values.get(key) and not workers:
-            raise ConfigError(
-                f"training.{key} needs worker processes; set training.dataloader_num_workers "
-                f">= 1 or remove {key}."
-            )
     checkpointable = [m.name for m in prompt_methods() if m.supports_gradient_checkpointing]
-    not_checkpointable = set(prompt_method_names()) - set(checkpointable)
-    if peft_method in not_checkpointable and (
-        values.get("gradient_checkpointing") or values.get("activation_checkpointing")
-    ):
+    if args.gradient_checkpointing and peft_method not in checkpointable:
         raise ConfigError(
             f"training.gradient_checkpointing does not work with peft.method={peft_method!r}: "
             "the prefix enters every layer as a key/value cache, which checkpointed layers do "
             f"not accept. Set it to false, or use {' or '.join(checkpointable)}."
         )
-    _check_optim_args(values.get("optim_args"))
-    _check_scheduler_kwargs(
-        str(_training_value(values, "lr_scheduler_type")), values.get("lr_scheduler_kwargs")
-    )
+    _build_optimizer_and_scheduler(args, given)
 
 
-def _check_optim_args(text: Any) -> None:
-    """``optim_args`` is parsed by the Trainer as ``key=value,key=value``."""
-    if text is None:
+def _build_optimizer_and_scheduler(args: Any, given: dict[str, Any]) -> None:
+    """Build the optimizer (torch's own ones: their ranges of lr, betas, eps)
+    and the scheduler (its arguments) as the Trainer will, on one dummy parameter, so their
+    own checks run now; an optimizer from another package is resolved on the training
+    machine instead (``pipeline.training_config``: it may not be installed here)."""
+    import torch
+    from transformers import Trainer
+    from transformers.optimization import get_scheduler
+
+    try:
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    except ImportError:
+        return  # a package missing here: checked on the machine that trains
+    except (ValueError, TypeError) as err:  # e.g. optim_args that are not key=value pairs
+        raise _training_error(err, given, _OPTIMIZER_KEYS) from None
+    if not getattr(cls, "__module__", "").startswith("torch.optim"):
         return
-    if not isinstance(text, str) or any(
-        "=" not in part or not part.split("=", 1)[0].strip() for part in text.split(",")
-    ):
-        raise ConfigError(
-            f"training.optim_args={text!r} is not accepted; it must be a string "
-            "'key=value,key=value' of extra optimizer arguments (e.g. 'momentum=0.9')."
+    try:
+        optimizer = cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+    except (ValueError, TypeError) as err:
+        raise _training_error(err, given, _OPTIMIZER_KEYS) from None
+    try:
+        get_scheduler(
+            args.lr_scheduler_type,
+            optimizer=optimizer,
+            num_warmup_steps=args.get_warmup_steps(100),
+            num_training_steps=100,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
         )
-
-
-def _check_scheduler_kwargs(name: str, kwargs: Any) -> None:
-    """The scheduler's extra arguments against its function's signature (what get_scheduler
-    passes them to): unknown ones raise TypeError there, missing required ones too."""
-    import inspect
-
-    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
-    from transformers.trainer_utils import SchedulerType
-
-    if kwargs is None:
-        kwargs = {}
-    if isinstance(kwargs, str):
-        import json
-
-        try:
-            kwargs = json.loads(kwargs) if kwargs.strip().startswith("{") else None
-        except json.JSONDecodeError:
-            kwargs = None
-    if not isinstance(kwargs, dict):
-        raise ConfigError(
-            "training.lr_scheduler_kwargs must be a mapping of the scheduler's extra "
-            f"arguments, got {kwargs!r}."
-        )
-    func = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]
-    fixed = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}
-    params = {
-        n: p
-        for n, p in inspect.signature(func).parameters.items()
-        if n not in fixed and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    }
-    if name in ("constant", "constant_with_warmup"):
-        params = {}  # get_scheduler passes these no extra arguments
-    accepted = ", ".join(params) or "none"
-    for key in kwargs:
-        if key not in params:
-            raise ConfigError(
-                f"training.lr_scheduler_kwargs.{key} is not an argument of the {name!r} "
-                f"scheduler; its arguments: {accepted}.{_suggest(str(key), params)}"
-            )
-    missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
-    if missing:
-        raise ConfigError(
-            f"training.lr_scheduler_type={name!r} needs training.lr_scheduler_kwargs."
-            f"{missing[0]} (its arguments: {accepted})."
-        )
-    if (
-        name.startswith("cosine")
-        and "min_lr" in name
-        and not (kwargs.get("min_lr") is not None or kwargs.get("min_lr_rate") is not None)
-    ):
-        raise ConfigError(
-            f"training.lr_scheduler_type={name!r} needs training.lr_scheduler_kwargs.min_lr or "
-            ".min_lr_rate (the floor of the learning rate)."
-        )
+    except (ValueError, TypeError) as err:
+        raise _training_error(err, given, _SCHEDULER_KEYS) from None
 
 
 def _get_path(recipe: Recipe, dotted: str) -> Any:
@@ -652,48 +622,18 @@ def _get_path(recipe: Recipe, dotted: str) -> Any:
     return obj
 
 
-def _check_declared(where: str, value: Any, param: Param) -> None:
-    """A ``ts`` value against its declaration, in this module's wording."""
-    problem = param.problem(value)
-    if problem is None:
-        return
-    if param.choices is not None:
-        choices = [str(c) for c in param.choices]
-        raise ConfigError(
-            f"{where}={value!r} is not allowed; choose one of {', '.join(choices)}."
-            f"{_suggest(str(value), choices)}"
-        )
-    raise ConfigError(f"{where} {problem}, got {value}.")
-
-
 def _validate_ts(ts: TSSection) -> None:
-    """The ``ts`` section against the regulariser registry (read now: registered ones count)."""
-    names = list_regularizers()
-    if ts.regularizer not in names:
-        raise ConfigError(
-            f"ts.regularizer={ts.regularizer!r} is not allowed; choose one of "
-            f"{', '.join(names)}, or register it first with hf_tsprompt.register_regularizer "
-            "(for the hf-tsprompt command, in a module it imports: hf-tsprompt --plugin MODULE)."
-            f"{_suggest(str(ts.regularizer), names)}"
-        )
-    for param in (WEIGHT, *FIELD_PARAMS):
-        _check_declared(f"ts.{param.name}", getattr(ts, param.name), param)
-    reg = get_regularizer(ts.regularizer)
-    declared = {p.name: p for p in reg.params}
-    checked: dict[str, Any] = {}
-    for key, value in ts.params.items():
-        if any(key == p.name for p in FIELD_PARAMS):
-            raise ConfigError(f"ts.params.{key}: {key} is a key of 'ts' itself; write ts.{key}.")
-        if key not in declared:
-            listed = ", ".join(declared) or "none"
-            raise ConfigError(
-                f"unknown key ts.params.{key}: regulariser {reg.name!r} has no such parameter "
-                f"(its parameters: {listed}).{_suggest(str(key), declared)}"
-            )
-        param = declared[key]
-        checked[key] = _check_type(f"ts.params.{key}", value, param.type)
-        _check_declared(f"ts.params.{key}", checked[key], param)
-    ts.params = checked
+    """The ``ts`` section, by the validator ``TopologicalPromptConfig`` uses too
+    (:func:`~hf_tsprompt.regularizers.check_ts_settings`), keys in YAML spelling; the
+    ``params`` values are kept as checked (an int given for a float parameter is a float)."""
+    values = check_ts_settings(
+        ts.regularizer,
+        {p.name: getattr(ts, p.name) for p in (WEIGHT, *FIELD_PARAMS)},
+        ts.params,
+        key=lambda name: f"ts.{name}",
+        param_key=lambda name: f"ts.params.{name}",
+    )
+    ts.params = {key: values[key] for key in ts.params}
 
 
 def _ts_key_hint(raw: dict[str, Any], key: str) -> str:
@@ -806,12 +746,22 @@ def _resolve_local(
     return value
 
 
-def recipe_from_dict(raw: Any, *, base_dir: str | Path = ".", check_sources: bool = True) -> Recipe:
+def recipe_from_dict(
+    raw: Any,
+    *,
+    base_dir: str | Path = ".",
+    check_sources: bool = True,
+    build_training: bool = True,
+) -> Recipe:
     """Validate a parsed recipe mapping and build a :class:`Recipe`.
 
     ``check_sources`` (default) also refuses a ``data.source`` path that does not exist and
     builds the task once to check its config and options; a finished run's saved recipe is
-    read without (its data may have moved since; ``push`` does not need it)."""
+    read without (its data may have moved since; ``push`` does not need it).
+    ``build_training`` (default) builds ``recipe.training``, the trainer's config
+    (:func:`training_arguments`); a finished run's recipe is read without, as building it
+    sets up this machine's devices and may need what only the training machine had (``tf32``,
+    a DeepSpeed file): its ``training`` keys are type-checked, ``recipe.training`` is None."""
     if not isinstance(raw, dict):
         raise ConfigError(
             f"a recipe must be a YAML mapping of sections, got {type(raw).__name__}; see "
@@ -831,11 +781,10 @@ def recipe_from_dict(raw: Any, *, base_dir: str | Path = ".", check_sources: boo
             kwargs[key] = _check_type(key, raw[key], hints[key])
     for name, cls in _SECTIONS.items():
         kwargs[name] = _build_section(name, cls, raw.get(name))
-    kwargs["training"] = _check_training(raw.get("training"))
+    training = _given_training(raw.get("training"))
     base = Path(base_dir)
-    recipe = Recipe(base_dir=str(base), **kwargs)
+    recipe = Recipe(base_dir=str(base), training_given=training, **kwargs)
     _validate_values(recipe)
-    _check_training_values(recipe.training, recipe.peft.method)
     recipe.data.source = _resolve_local(
         base, recipe.data.source, key="data.source", must_exist=check_sources
     )
@@ -846,6 +795,8 @@ def recipe_from_dict(raw: Any, *, base_dir: str | Path = ".", check_sources: boo
     if recipe.output_dir is not None:
         out = Path(recipe.output_dir).expanduser()
         recipe.output_dir = str(out if out.is_absolute() else Path.cwd() / out)
+    if build_training:
+        recipe.training = training_arguments(recipe)
     return recipe
 
 
@@ -977,6 +928,8 @@ def recipe_variants(path: str | Path) -> list[str]:
 
 
 def load_run_recipe(run_dir: str | Path) -> Recipe:
-    """The resolved recipe saved in a run folder (``<run>/recipe.yaml``), validated."""
+    """The resolved recipe saved in a run folder (``<run>/recipe.yaml``), validated, without
+    its data sources or its training config (``recipe.training`` is None; see
+    :func:`recipe_from_dict`)."""
     raw, _ = read_recipe_text(run_dir, strict=True)
-    return recipe_from_dict(raw, base_dir=run_dir, check_sources=False)
+    return recipe_from_dict(raw, base_dir=run_dir, check_sources=False, build_training=False)

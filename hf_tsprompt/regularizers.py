@@ -6,9 +6,11 @@ its parameters (:class:`~hf_tsprompt.hyperparams.Param`: name, default, paper sy
 constraint). The trainer adds ``lambda_ts * L_reg`` to the cross-entropy (``ts_weight``,
 :data:`WEIGHT`); everything else reads the registry instead of repeating names:
 ``TopologicalPromptConfig.ts_regularizer`` and the recipe's ``ts.regularizer`` accept the
-registered names, the trainer dispatches through :func:`get_regularizer`, the ``ts_*``
-fields, the recipe's ``ts:`` section and the model card's setup table are built from the
-declarations, and all of them validate with them.
+registered names, the trainer dispatches through :func:`get_regularizer` (resolved once per
+trainer), the ``ts_*`` fields and the recipe's ``ts:`` section are built from the
+declarations by one builder (:func:`with_ts_fields`) and checked by one validator
+(:func:`check_ts_settings`, one wording in either spelling), and the model card's setup
+table reads them too.
 
 Built-ins (Table III): ``tsloss`` (the paper, Eq. 6, :func:`hf_tsprompt.losses.ts_loss`,
 parameters :data:`~hf_tsprompt.hyperparams.TSLOSS_PARAMS`; logs ``ts_h0``, ``ts_h1``,
@@ -53,7 +55,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
@@ -66,10 +68,12 @@ __all__ = [
     "WEIGHT",
     "Param",
     "Regularizer",
+    "check_ts_settings",
     "get_regularizer",
     "list_regularizers",
     "register_regularizer",
     "unregister_regularizer",
+    "with_ts_fields",
 ]
 
 #: The regulariser of a config or recipe that names none.
@@ -156,7 +160,11 @@ class Regularizer:
         """``(L_reg, parts)`` on prompt ``P``: the unweighted loss (0-d tensor with graph)
         and the extra numbers to log. ``params`` are checked and completed by :meth:`resolve`.
         """
-        values = self.resolve(params)
+        return self.compute(P, self.resolve(params))
+
+    def compute(self, P: Any, values: Mapping[str, Any]) -> tuple[Any, dict[str, float]]:
+        """As calling it, with ``values`` already resolved (:meth:`resolve`): the trainer
+        resolves once and calls this at every step."""
         if self.fn is None:
             return P.new_zeros(()).float(), {}
         out = self.fn(P, **values)
@@ -338,3 +346,96 @@ del _reg
 #: The parameters with a config field of their own (``ts_<name>``, recipe ``ts.<name>``):
 #: the built-ins', in their declared order.
 FIELD_PARAMS: tuple[Param, ...] = tuple(_field_params().values())
+
+
+# --- the ts settings: one builder for both spellings, one validator ---------------------------
+
+
+def _regularizer_help() -> str:
+    """``Regulariser on the soft prompt: 'tsloss' (the paper, Eq. 6), ... or 'none' (...)``."""
+    items = []
+    for name in list_regularizers():
+        about = get_regularizer(name).help
+        items.append(f"'{name}' ({about})" if about else f"'{name}'")
+    listed = ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else items[0]
+    return f"Regulariser on the soft prompt: {listed}."
+
+
+def with_ts_fields(prefix: str, params: tuple[Any, Any], extra: Iterable[Any] = ()) -> Any:
+    """A class decorator making the class a dataclass of the ts settings, spelled
+    ``<prefix><name>``: ``regularizer``, ``weight`` (:data:`WEIGHT`), one field per
+    :data:`FIELD_PARAMS` entry (type, default and ``[symbol] help`` from its declaration),
+    ``params`` (``(type, dataclasses.field)``) and ``extra`` fields ``(name, type, field)``.
+
+    The recipe's ``ts:`` section (prefix ``""``) and the trainer's ``ts_*`` fields (prefix
+    ``"ts_"``) are both built here, so they cannot drift apart.
+    """
+
+    def declared(p: Param) -> tuple[str, type, Any]:
+        return prefix + p.name, p.type, field(default=p.default, metadata={"help": p.description})
+
+    help_ = {"help": _regularizer_help()}
+    specs = [
+        (prefix + "regularizer", str, field(default=DEFAULT_REGULARIZER, metadata=help_)),
+        declared(WEIGHT),
+        *(declared(p) for p in FIELD_PARAMS),
+        (prefix + "params", *params),
+        *extra,
+    ]
+
+    def build(cls: type) -> type:
+        cls.__annotations__ = {name: tp for name, tp, _ in specs}
+        for name, _, spec in specs:
+            setattr(cls, name, spec)
+        return dataclass(cls)
+
+    return build
+
+
+def check_ts_settings(
+    regularizer: Any,
+    values: Mapping[str, Any],
+    params: Any,
+    *,
+    key: Callable[[str], str],
+    param_key: Callable[[str], str],
+) -> dict[str, Any]:
+    """Check the ts settings and return the chosen regulariser's parameter values (declared
+    defaults filled in): the one validator of the ``ts:`` section and the ``ts_*`` fields.
+
+    ``values``: ``weight`` and the :data:`FIELD_PARAMS` values; ``params``: the mapping of
+    the chosen regulariser's other parameters. ``key(name)`` / ``param_key(name)`` spell a
+    setting / a ``params`` entry in messages (``ts.tau`` or ``ts_tau``; ``ts.params.gamma`` or
+    ``ts_params['gamma']``). The registry is read now, so regularisers registered after
+    import count.
+
+    Raises:
+        ConfigError: naming the first bad setting, with the same wording for both spellings.
+    """
+    names = list_regularizers()
+    if regularizer not in names:
+        close = difflib.get_close_matches(str(regularizer), names, n=1)
+        raise ConfigError(
+            f"{key('regularizer')}={regularizer!r} is not a registered regulariser; choose one "
+            f"of {', '.join(names)}, or register it first with "
+            "hf_tsprompt.register_regularizer (for the hf-tsprompt command, in a module it "
+            "imports: hf-tsprompt --plugin MODULE)."
+            + (f" Did you mean {close[0]!r}?" if close else "")
+        )
+    for p in (WEIGHT, *FIELD_PARAMS):
+        p.check(values[p.name], where=key(p.name))
+    extra = {} if params is None else params
+    if not isinstance(extra, Mapping):
+        raise ConfigError(
+            f"{key('params')} must be a mapping of parameter name -> value, got {extra!r}."
+        )
+    fields = {p.name for p in FIELD_PARAMS}
+    for name in extra:
+        if name in fields:
+            raise ConfigError(
+                f"{param_key(name)}: {name} has a setting of its own; set {key(name)} instead."
+            )
+    reg = get_regularizer(regularizer)
+    given = {p.name: values[p.name] for p in reg.params if p.name in fields}
+    given.update(extra)
+    return reg.resolve(given, where=lambda k: key(k) if k in fields else param_key(k))

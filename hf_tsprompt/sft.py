@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from .trainer import TopologicalLossMixin, TSArguments, upgrade_args
+from .config import TSArguments
+from .trainer import TopologicalLossMixin, upgrade_args
 
 __all__ = ["TopologicalSFTConfig", "TopologicalSFTTrainer"]
 

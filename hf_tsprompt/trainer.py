@@ -6,10 +6,11 @@ prompt P (:func:`hf_tsprompt.prompts.prompt_matrix`). The baselines of Table III
 on P (``l2``, ``pdloss``) and plain CE (``none``) are the same trainer with another
 ``ts_regularizer``.
 
-Layout follows TRL: the config (a ``TrainingArguments`` subclass with documented ``ts_*``
-fields) sits beside the trainer; extra metrics are collected in ``self._metrics`` inside
-``compute_loss`` and averaged into the logs by an overridden ``log()``, so TensorBoard / W&B
-receive them (a callback's ``on_log`` runs after the reporting integrations have written).
+Layout follows TRL: the config (:mod:`hf_tsprompt.config`, a ``TrainingArguments`` subclass
+with documented ``ts_*`` fields, re-exported here) sits beside the trainer; extra metrics are
+collected in ``self._metrics`` inside ``compute_loss`` and averaged into the logs by an
+overridden ``log()``, so TensorBoard / W&B receive them (a callback's ``on_log`` runs after
+the reporting integrations have written).
 
 **Gradient accumulation and world size.** ``Trainer`` divides the returned loss by the
 number of accumulation steps only when the CE is *not* already normalised by
@@ -31,26 +32,17 @@ stay exact.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import Trainer, TrainingArguments
 
+from .config import TopologicalPromptConfig, TSArguments
 from .errors import ConfigError, RunFolderError
 from .prompts import PromptCapture, get_prompt_peft_model, method_of, prompt_matrix
-from .regularizers import (
-    DEFAULT_REGULARIZER,
-    FIELD_PARAMS,
-    WEIGHT,
-    Param,
-    get_regularizer,
-    list_regularizers,
-)
+from .regularizers import get_regularizer
 from .runs import adapter_dir, adapter_save_kwargs, find_adapter, save_adapter
 
 __all__ = [
@@ -61,146 +53,6 @@ __all__ = [
     "TopologicalPromptTrainer",
     "upgrade_args",
 ]
-
-
-def _regularizer_help() -> str:
-    """``'tsloss' (the paper, Eq. 6), ... or 'none' (plain cross-entropy)``."""
-    items = []
-    for name in list_regularizers():
-        about = get_regularizer(name).help
-        items.append(f"'{name}' ({about})" if about else f"'{name}'")
-    listed = ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else items[0]
-    return f"Regulariser on the soft prompt: {listed}."
-
-
-def _with_ts_fields(cls: type) -> type:
-    """Make ``cls`` a dataclass whose ``ts_*`` fields come from the regulariser registry:
-    ``ts_regularizer``, ``ts_weight`` (:data:`~hf_tsprompt.regularizers.WEIGHT`), one field
-    per built-in parameter (:data:`~hf_tsprompt.regularizers.FIELD_PARAMS`: name, type,
-    default and ``[symbol] help`` from its declaration), ``ts_params`` and ``ts_adapter``."""
-
-    def declared(p: Param) -> tuple[str, type, Any]:
-        return f"ts_{p.name}", p.type, field(default=p.default, metadata={"help": p.description})
-
-    specs = [
-        (
-            "ts_regularizer",
-            str,
-            field(default=DEFAULT_REGULARIZER, metadata={"help": _regularizer_help()}),
-        ),
-        declared(WEIGHT),
-        *(declared(p) for p in FIELD_PARAMS),
-        (
-            "ts_params",
-            dict | str | None,
-            field(
-                default=None,
-                metadata={
-                    "help": "Parameters of a regulariser registered with "
-                    "hf_tsprompt.register_regularizer that have no ts_* field of their own, "
-                    'e.g. {"gamma": 0.3} (a JSON string on the command line).'
-                },
-            ),
-        ),
-        (
-            "ts_adapter",
-            str | None,
-            field(
-                default=None,
-                metadata={
-                    "help": "peft adapter whose prompt is regularised (default: the active one)."
-                },
-            ),
-        ),
-    ]
-    cls.__annotations__ = {name: tp for name, tp, _ in specs}
-    for name, _, spec in specs:
-        setattr(cls, name, spec)
-    return dataclass(cls)
-
-
-@_with_ts_fields
-class TSArguments:
-    """The ``ts_*`` fields shared by :class:`TopologicalPromptConfig` and the TRL variant.
-
-    Built from the declarations in :mod:`hf_tsprompt.regularizers` (paper symbols in brackets
-    in each field's help; defaults follow section V-B where the paper gives a value):
-    ``ts_regularizer`` (a registered name), ``ts_weight`` (lambda_ts), ``ts_beta_h0``,
-    ``ts_beta_h1``, ``ts_tau``, ``ts_alpha``, ``ts_lambda_repel``, ``ts_lambda_attract``,
-    ``ts_variant``, ``ts_scale`` (TSLoss's), ``ts_params`` (the parameters of a registered
-    regulariser that have no field of their own) and ``ts_adapter``.
-    """
-
-    def validate_ts(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad ``ts_*`` field."""
-        names = list_regularizers()
-        if self.ts_regularizer not in names:
-            raise ConfigError(
-                f"ts_regularizer={self.ts_regularizer!r} is unknown; choose one of "
-                f"{', '.join(names)} (or register it with hf_tsprompt.register_regularizer)."
-            )
-        for p in (WEIGHT, *FIELD_PARAMS):
-            name = f"ts_{p.name}"
-            value = getattr(self, name)
-            if p.problem(value) is None:
-                continue
-            if p.choices is not None:
-                choices = ", ".join(str(c) for c in p.choices)
-                raise ConfigError(f"{name}={value!r} is unknown; choose one of {choices}.")
-            raise ConfigError(f"{name} must be {p.requirement}, got {value!r}.")
-        if isinstance(self.ts_params, str):
-            # A JSON object from the command line, as TrainingArguments reads its dict fields.
-            self.ts_params = _json_mapping("ts_params", self.ts_params)
-        self.ts_regularizer_params()
-
-    def ts_regularizer_params(self) -> dict[str, Any]:
-        """The chosen regulariser's parameters, checked: from its ``ts_<name>`` field where
-        the parameter has one, else from ``ts_params``, else the declared default.
-
-        Raises:
-            ConfigError: ``ts_params`` is not a mapping, names a parameter the regulariser
-                does not declare or one that has a field of its own, or holds a bad value.
-        """
-        reg = get_regularizer(self.ts_regularizer)
-        extra = self.ts_params if self.ts_params is not None else {}
-        if not isinstance(extra, Mapping):
-            raise ConfigError(
-                f"ts_params must be a mapping of parameter name -> value, got {extra!r}."
-            )
-        fields = {p.name for p in FIELD_PARAMS}
-        for key in extra:
-            if key in fields:
-                raise ConfigError(
-                    f"ts_params[{key!r}]: {key} has a field of its own; set ts_{key} instead."
-                )
-        values = {p.name: getattr(self, f"ts_{p.name}") for p in reg.params if p.name in fields}
-        values.update(extra)
-        return reg.resolve(
-            values, where=lambda k: f"ts_{k}" if k in fields else f"ts_params[{k!r}]"
-        )
-
-
-def _json_mapping(name: str, text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{name}={text!r} is not valid JSON ({err}).") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{name} must be a JSON object like '{{\"gamma\": 0.3}}', got {text!r}.")
-    return value
-
-
-@dataclass
-class TopologicalPromptConfig(TrainingArguments, TSArguments):
-    """``TrainingArguments`` plus the ``ts_*`` fields of :class:`TSArguments`.
-
-    Everything else (optimiser, schedule, batch size, logging, ``report_to``) is transformers'
-    own and behaves exactly as documented there.
-    """
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.validate_ts()
 
 
 @runtime_checkable
@@ -227,6 +79,11 @@ class TopologicalLossMixin:
     model: Any
 
     def _init_topological(self) -> None:
+        # The regulariser and its checked parameters, resolved once (the registry is read
+        # now, at construction, not at import): the ts_* settings are read when the trainer
+        # is built, as TrainingArguments' are; each step only computes.
+        self._ts_values = self.args.validate_ts()
+        self._ts_regularizer = get_regularizer(self.args.ts_regularizer)
         # Fail at construction (not mid-training) on a model without a soft prompt.
         get_prompt_peft_model(self.model, self.args.ts_adapter)
         if getattr(self.args, "gradient_checkpointing", False):
@@ -270,10 +127,9 @@ class TopologicalLossMixin:
 
     def regularizer(self, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         """The unweighted regulariser L_reg on the prompt of ``model`` and its parts for logging
-        (``args.ts_regularizer`` from :mod:`hf_tsprompt.regularizers`, with its parameters)."""
+        (``args.ts_regularizer`` from :mod:`hf_tsprompt.regularizers`, with its parameters as
+        resolved at construction)."""
         args = self.args
-        reg = get_regularizer(args.ts_regularizer)
-        params = args.ts_regularizer_params()
         # The prompt from this step's forward pass (full even under FSDP / ZeRO-3); outside a
         # forward pass (a direct call) it is read from the parameters.
         P = self._prompt_capture.take()
@@ -282,7 +138,7 @@ class TopologicalLossMixin:
         device_type = P.device.type if P.device.type in ("cpu", "cuda", "xpu", "mps") else "cpu"
         # The regulariser is computed in float32 whatever the model's mixed-precision setting.
         with torch.autocast(device_type=device_type, enabled=False):
-            return reg(P, **params)
+            return self._ts_regularizer.compute(P, self._ts_values)
 
     def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
         """Mirror of ``Trainer.training_step``'s decision whether to divide the loss by GA."""
@@ -306,7 +162,7 @@ class TopologicalLossMixin:
         # The CE this micro-batch contributes to the logged (per optimiser step) loss.
         ce_log = ce.detach().float() * (ga if scaled and mode == "train" else 1)
         self._metrics[mode]["loss_ce"].append(self._mean_across_processes(ce_log))
-        if mode != "train" or not get_regularizer(self.args.ts_regularizer).active:
+        if mode != "train" or not self._ts_regularizer.active:
             return ce
         reg, parts = self.regularizer(model)
         self._metrics[mode]["loss_ts"].append(float(reg.detach()))
@@ -474,8 +330,7 @@ def upgrade_args(args: Any, cls: type) -> Any:
     if args is None:
         return cls(output_dir="tmp_trainer")
     if isinstance(args, TSArguments):
-        args.validate_ts()
-        return args
+        return args  # its ts_* values are checked when the trainer resolves them
     if isinstance(args, TrainingArguments):
         # Re-run the dataclass constructor on the user's own field values (not to_dict(), which
         # serialises enums and drops non-init state).

@@ -116,7 +116,7 @@ def test_existing_run_is_refused_then_overwritten(assets, tmp_path, capsys, monk
         ("training.learning_rate=-1", "training.learning_rate=-1.0 is not accepted"),
         ("training.per_device_train_batch_size=0", "per_device_train_batch_size=0 is not"),
         ("training.gradient_accumulation_steps=0", "must be >= 1"),
-        ("training.warmup_steps=.nan", "must be a finite number >= 0"),
+        ("training.warmup_steps=.nan", "training.warmup_steps=nan is not accepted; it must be"),
         ("training.eval_strategy=steps", "training.eval_strategy must be 'no'"),
         ("training.fp16=true", "training.fp16 needs a CUDA GPU"),
         ("peft.method=lora", "peft.method='lora' is not allowed"),
@@ -333,7 +333,7 @@ def test_a_plugin_regulariser_is_selected_and_trained_from_the_cli(
     # Without the plugin the name is unknown, and the error says how to bring it in.
     assert main(["train", str(recipe), "--dry-run"]) == EXIT_USER_ERROR
     err = " ".join(capsys.readouterr().err.split())
-    assert f"'{name}_reg' is not allowed" in err and "hf-tsprompt --plugin MODULE" in err
+    assert f"'{name}_reg' is not a registered" in err and "hf-tsprompt --plugin MODULE" in err
     assert name not in sys.modules and not (tmp_path / "runs").exists()
 
     assert main(["--plugin", name, "train", str(recipe), "--quiet"]) == 0

@@ -9,6 +9,7 @@ import yaml
 
 from hf_tsprompt.errors import ConfigError, MissingFileError
 from hf_tsprompt.recipes import Recipe, load_recipe, parse_overrides, recipe_from_dict
+from hf_tsprompt.trainer import TopologicalPromptConfig
 
 
 def _write(tmp_path: Path, data, name="r.yaml") -> Path:
@@ -39,7 +40,15 @@ def test_sections_and_training_arguments(tmp_path):
     )
     recipe = load_recipe(path)
     assert recipe.ts.weight == 2.0 and isinstance(recipe.ts.weight, float)
-    assert recipe.training == {"learning_rate": 3e-2, "max_steps": 10, "report_to": "none"}
+    # The training section is the trainer's config, with what the other sections fix ...
+    args = recipe.training
+    assert isinstance(args, TopologicalPromptConfig)
+    assert (args.learning_rate, args.max_steps, args.report_to) == (3e-2, 10, [])
+    assert (args.seed, args.ts_weight, args.ts_tau) == (3, 2.0, 0.5)
+    assert args.output_dir == str(recipe.run_dir)
+    # ... and recipe.yaml records only the keys the recipe gave.
+    given = {"learning_rate": 3e-2, "max_steps": 10, "report_to": "none"}
+    assert recipe.to_dict()["training"] == given
     assert recipe.seed == 3
     round_trip = recipe_from_dict(yaml.safe_load(recipe.to_yaml()), base_dir=tmp_path)
     assert round_trip.to_dict() == recipe.to_dict()
@@ -52,7 +61,7 @@ def test_overrides_parse_yaml_values(tmp_path):
         ["ts.weight=0", "training.learning_rate=3e-2", "ts.regularizer=l2", "data.config=null"],
     )
     assert recipe.ts.weight == 0.0 and recipe.ts.regularizer == "l2"
-    assert recipe.training["learning_rate"] == pytest.approx(0.03)
+    assert recipe.training.learning_rate == pytest.approx(0.03)
     assert recipe.data.config is None
     assert parse_overrides(["a.b.c=1", "a.b.d=x"]) == {"a": {"b": {"c": 1, "d": "x"}}}
 
@@ -96,21 +105,32 @@ def test_relative_paths_resolve_against_the_recipe_folder(tmp_path, monkeypatch)
         ({"training": {"learning_rate": -1}}, r"training.learning_rate=-1.0 .* must be > 0"),
         ({"training": {"learning_rate": 0}}, r"training.learning_rate=0.0 .* must be > 0"),
         ({"training": {"learning_rate": float("nan")}}, "learning_rate=nan .* finite number"),
-        ({"training": {"adam_beta2": 1}}, r"training.adam_beta2=1.0 .* in \[0, 1\)"),
+        # torch's own check, run on a dummy parameter: the key named, torch's reason
+        ({"training": {"adam_beta2": 1}}, r"training.adam_beta2: Invalid beta parameter"),
         ({"training": {"per_device_train_batch_size": 0}}, "batch_size=0 .* must be >= 1"),
         ({"training": {"gradient_accumulation_steps": -1}}, "accumulation_steps=-1 .* >= 1"),
         ({"training": {"max_steps": 0}}, "max_steps=0 .* or -1 to train num_train_epochs"),
         ({"training": {"num_train_epochs": 0}}, "num_train_epochs=0.0 with max_steps -1"),
-        ({"training": {"logging_steps": 0}}, "logging_steps=0.0 .* must be > 0"),
-        ({"training": {"save_steps": 2.5}}, "whole number of steps"),
-        ({"training": {"optim": "adamw"}}, "optim='adamw' is not allowed; choose one of"),
-        ({"training": {"lr_scheduler_type": "cosin"}}, "Did you mean 'cosine'"),
-        ({"training": {"lr_scheduler_type": "warmup_stable_decay"}}, "needs .*num_decay_steps"),
-        ({"training": {"lr_scheduler_kwargs": {"min_lr": 0}}}, "not an argument of the 'linear'"),
+        # transformers' own checks (TrainingArguments, get_scheduler): the key and its reason
+        ({"training": {"logging_steps": 0}}, "training.logging_steps: .*non-zero --logging"),
+        (
+            {"training": {"save_strategy": "steps", "save_steps": 2.5}},
+            "training.save_steps: --save_steps must be an integer",
+        ),
+        ({"training": {"optim": "adamw"}}, "training.optim: adamw is not a valid OptimizerNames"),
+        ({"training": {"lr_scheduler_type": "cosin"}}, "SchedulerType.*Did you mean 'cosine'"),
+        (
+            {"training": {"lr_scheduler_type": "warmup_stable_decay"}},
+            "training.lr_scheduler_type: .*missing .*num_decay_steps",
+        ),
+        (
+            {"training": {"lr_scheduler_kwargs": {"min_lr": 0}}},
+            "training.lr_scheduler_kwargs: .*unexpected keyword argument 'min_lr'",
+        ),
         ({"training": {"log_level": "loud"}}, "log_level='loud' .* debug, info"),
         ({"training": {"eval_strategy": "steps"}}, "must be 'no': .* without an evaluation"),
         ({"training": {"load_best_model_at_end": True}}, "load_best_model_at_end must be false"),
-        ({"training": {"fp16": True, "bf16": True}}, "choose at most one"),
+        ({"training": {"fp16": True, "bf16": True}}, "training.fp16: At most one of fp16 and"),
         ({"training": {"seed": 1}}, "top-level seed"),
         ({"training": {"push_to_hub": True}}, "hf-tsprompt push"),
         ({"training": {"resume_from_checkpoint": "x"}}, "pass --resume"),
@@ -236,9 +256,9 @@ def test_paper_grid_has_the_papers_hyperparameters():
     for path in grid:
         r = load_recipe(path)
         t = r.training
-        assert (t["learning_rate"], t["weight_decay"], t["adam_epsilon"]) == (5e-5, 0.01, 1e-8)
-        assert t["per_device_train_batch_size"] == 8 and t["num_train_epochs"] == 300
-        assert t["lr_scheduler_type"] == "linear" and t["warmup_steps"] == 0.1
+        assert (t.learning_rate, t.weight_decay, t.adam_epsilon) == (5e-5, 0.01, 1e-8)
+        assert t.per_device_train_batch_size == 8 and t.num_train_epochs == 300
+        assert t.lr_scheduler_type == "linear" and t.warmup_steps == 0.1
         assert (r.peft.init, r.peft.init_std) == ("normal", 0.02)
         assert (r.ts.weight, r.ts.beta_h0, r.ts.beta_h1) == (1.0, 1.0, 1.0)
         assert r.topology.every_n_epochs == 20 and r.data.test_size == 100
@@ -281,3 +301,88 @@ def test_base_chains_and_variant_errors(tmp_path):
     loop = _write(tmp_path, {"base": "loop.yaml"}, "loop.yaml")
     with pytest.raises(ConfigError, match="base chain loops"):
         load_recipe(loop)
+
+
+# --- issue 27: one schema (the training section is the trainer's config) ---------------------
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if anything loads a model."""
+    import hf_tsprompt.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded while the recipe was checked")
+
+    monkeypatch.setattr(hf_tsprompt.models, "load_base_model", refuse)
+
+
+@pytest.mark.parametrize(
+    "training,match",
+    [
+        # TrainingArguments.__post_init__ refuses these: its own reason, the recipe key named.
+        ({"lr_scheduler_type": "nope"}, r"^training.lr_scheduler_type: nope is not a valid Sch"),
+        ({"logging_strategy": "often"}, r"^training.logging_strategy: often is not a valid Int"),
+        ({"warmup_steps": -1}, r"^training.warmup_steps: .*warmup_steps >= 0"),
+        ({"dataloader_prefetch_factor": 2}, r"^training.dataloader_prefetch_factor: "),
+        # torch's optimizer, built on a dummy parameter: its reason, the key named.
+        ({"adam_epsilon": -1}, r"^training.adam_epsilon: Invalid epsilon value: -1.0"),
+    ],
+)
+def test_transformers_validates_the_training_section_before_any_model_loads(
+    tmp_path, no_model_load, training, match
+):
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(_write(tmp_path, {"training": training}))
+
+
+def test_an_unknown_training_key_gets_a_did_you_mean(tmp_path, no_model_load):
+    with pytest.raises(ConfigError, match=r"unknown key training.warmup_step: .*'warmup_steps'"):
+        load_recipe(_write(tmp_path, {"training": {"warmup_step": 10}}))
+
+
+@pytest.mark.parametrize(
+    "setting,value,message",
+    [
+        ("tau", 0.0, "{} must be > 0, got 0.0"),
+        ("weight", -1.0, "{} must be >= 0, got -1.0"),
+        ("variant", "exakt", "{} must be one of soft, exact, got 'exakt'. Did you mean 'exact'?"),
+        ("regularizer", "tslos", "{}='tslos' is not a registered regulariser; choose one of"),
+    ],
+)
+def test_a_ts_setting_gets_one_message_from_the_recipe_and_the_config(
+    tmp_path, setting, value, message
+):
+    """One validator (regularizers.check_ts_settings): the same words, each in its spelling."""
+    with pytest.raises(ConfigError) as from_recipe:
+        load_recipe(_write(tmp_path, {"ts": {setting: value}}))
+    with pytest.raises(ConfigError) as from_config:
+        TopologicalPromptConfig(output_dir=str(tmp_path), use_cpu=True, **{f"ts_{setting}": value})
+    assert str(from_recipe.value).startswith(message.format(f"ts.{setting}"))
+    assert str(from_config.value).startswith(message.format(f"ts_{setting}"))
+    assert str(from_recipe.value).replace(f"ts.{setting}", "") == str(from_config.value).replace(
+        f"ts_{setting}", ""
+    )
+
+
+def test_the_saved_recipe_rebuilds_the_same_config(tmp_path):
+    recipe = load_recipe(
+        _write(tmp_path, {"training": {"learning_rate": 0.01, "lr_scheduler_type": "cosine"}})
+    )
+    again = recipe_from_dict(yaml.safe_load(recipe.to_yaml()), base_dir=tmp_path)
+    assert again.to_dict()["training"] == {"learning_rate": 0.01, "lr_scheduler_type": "cosine"}
+    assert again.training.to_dict() == recipe.training.to_dict()
+
+
+def test_a_finished_runs_recipe_is_read_without_building_its_training_config(tmp_path):
+    """A run's recipe may name what only the training machine had (tf32 needs an Ampere GPU):
+    report / push read it without building the config; the pipeline builds it when needed."""
+    from hf_tsprompt.pipeline import training_config
+
+    raw = {"training": {"tf32": True, "learning_rate": 0.01}}
+    recipe = recipe_from_dict(raw, base_dir=tmp_path, build_training=False)
+    assert recipe.training is None and recipe.to_dict()["training"] == raw["training"]
+    ok = recipe_from_dict({"training": {"learning_rate": 0.01}}, build_training=False)
+    assert training_config(ok, tmp_path / "run").learning_rate == 0.01
+    with pytest.raises(ConfigError, match="unknown key training.lerning_rate"):
+        recipe_from_dict({"training": {"lerning_rate": 1}}, build_training=False)

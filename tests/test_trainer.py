@@ -204,11 +204,11 @@ def test_lora_model_fails_at_construction(tokenizer, tmp_path):
 @pytest.mark.parametrize(
     "field,value,match",
     [
-        ("ts_regularizer", "l1", "ts_regularizer='l1' is unknown"),
-        ("ts_variant", "approx", "ts_variant='approx' is unknown"),
-        ("ts_weight", -1.0, "ts_weight must be a number >= 0"),
-        ("ts_tau", 0.0, "ts_tau must be a number > 0"),
-        ("ts_alpha", "ten", "ts_alpha must be a number > 0"),
+        ("ts_regularizer", "l1", "ts_regularizer='l1' is not a registered regulariser"),
+        ("ts_variant", "approx", "ts_variant must be one of soft, exact, got 'approx'"),
+        ("ts_weight", -1.0, "ts_weight must be >= 0, got -1.0"),
+        ("ts_tau", 0.0, "ts_tau must be > 0, got 0.0"),
+        ("ts_alpha", "ten", "ts_alpha must be a finite number, got 'ten'"),
     ],
 )
 def test_bad_config_values(tmp_path, field, value, match):
@@ -269,3 +269,23 @@ def test_a_callback_with_pending_metrics_is_logged_through_the_declared_protocol
     logged = [h["my/metric"] for h in trainer.state.log_history if "my/metric" in h]
     # One hand-over per log: the 3 logging steps and the end-of-training summary.
     assert logged == [1.0, 2.0, 3.0, 4.0] and counter.calls == 4
+
+
+def test_the_regulariser_is_resolved_once_per_trainer(tokenizer, tmp_path, monkeypatch):
+    """Issue 27: its parameters are checked at construction, not at every training step."""
+    from hf_tsprompt.regularizers import Regularizer
+
+    calls = []
+    resolve = Regularizer.resolve
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.name)
+        return resolve(self, *args, **kwargs)
+
+    monkeypatch.setattr(Regularizer, "resolve", counting)
+    args = _args(tmp_path, max_steps=3)  # the config checks its ts_* values once, too
+    calls.clear()
+    trainer = _trainer(tokenizer, _prompt_model(tokenizer), args)
+    assert calls == ["tsloss"]
+    trainer.train()
+    assert calls == ["tsloss"] and trainer.state.global_step == 3

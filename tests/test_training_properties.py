@@ -188,7 +188,7 @@ def test_a_training_section_is_refused_by_name_or_trains(tiny, section: dict[str
     ],
 )
 def test_each_refused_value_is_one_the_trainer_or_torch_rejects(tiny, key: str, value: Any):
-    """Independent truth for the rules in ``recipes._check_training_values``: the same value,
+    """Independent truth for the rules in ``recipes._check_training``: the same value,
     given straight to ``TopologicalPromptConfig`` (bypassing the recipe), fails inside the
     Trainer or torch once training starts."""
     with pytest.raises(ConfigError, match=f"training.{key}"):
