@@ -41,6 +41,7 @@ import contextlib
 import json
 import re
 from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -112,7 +113,6 @@ def card_template() -> str:
     and an editable install both carry it. A checkout whose editable install predates that
     mapping (or that is run from ``PYTHONPATH``) reads the folder beside the package instead.
     """
-    from importlib.resources import files
 
     try:
         resource = files("hf_tsprompt.model_cards").joinpath(CARD_TEMPLATE)
@@ -496,7 +496,7 @@ def _generation_fix(adapter_config: Mapping[str, Any]) -> tuple[bool, str | None
     that right needs transformers and peft only. ``note`` names what else the check found
     wrong (left-padded batches, ``use_cache=False``) and the call that makes it right, or is
     None."""
-    from .generation import check
+    from .generation import check  # lazy: runs generate on a tiny model (torch, peft)
 
     method = method_of(adapter_config, missing_ok=True)
     if method is None:

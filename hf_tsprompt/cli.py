@@ -18,6 +18,7 @@ import importlib
 import sys
 import textwrap
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from ._version import __version__
@@ -185,7 +186,6 @@ def load_plugins(modules: Sequence[str] = ()) -> list[str]:
     point, the module name otherwise. Raises :class:`~hf_tsprompt.errors.ConfigError` naming
     the plugin when one cannot be imported or fails while registering.
     """
-    from importlib.metadata import entry_points
 
     loaded: list[str] = []
     for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):

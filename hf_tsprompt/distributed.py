@@ -38,6 +38,7 @@ runs the real 2-process training job many times on busy cores (figures in its do
 from __future__ import annotations
 
 import gc
+import sys
 from pathlib import Path
 
 __all__ = ["GLOO_WORKER_THREAD", "gloo_worker_threads", "release_process_groups"]
@@ -68,7 +69,6 @@ def gloo_worker_threads() -> int | None:
 
 def _unpin_default_arguments(groups: list) -> None:
     """Replace ``groups`` among ``torch.distributed.nn.functional``'s argument defaults by None."""
-    import sys
 
     module = sys.modules.get("torch.distributed.nn.functional")
     for function in vars(module).values() if module else ():

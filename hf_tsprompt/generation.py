@@ -42,6 +42,7 @@ check says it is needed).
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import types
 import warnings
@@ -137,7 +138,6 @@ def _setting_names() -> str:
 def _cache_key() -> str:
     """The keyword under which the installed transformers hands the KV cache to
     ``prepare_inputs_for_generation`` (``cache`` since transformers 5)."""
-    import inspect
 
     from transformers.generation.utils import GenerationMixin
 

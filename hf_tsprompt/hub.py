@@ -504,7 +504,7 @@ def load_adapter(
             "only (a pickled adapter_model.bin can run code when loaded); push the adapter "
             "with `hf-tsprompt push`, which uploads safetensors."
         )
-    from .generation import fix_generate
+    from .generation import fix_generate  # lazy: peft and transformers' generate
 
     loaded = load_base_model(str(base_model), dtype=dtype)
     model = PeftModel.from_pretrained(loaded.model, repo_id, revision=revision, token=token)

@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -448,7 +450,7 @@ def training_arguments(recipe: Recipe, given: dict[str, Any] | None = None) -> A
     OptimizerNames, ...``). Then :func:`_check_training` refuses what transformers does not
     check and this trainer needs. No model is loaded.
     """
-    from .config import TopologicalPromptConfig
+    from .config import TopologicalPromptConfig  # lazy: transformers; --help and checks stay light
 
     given = recipe.training_given if given is None else given
     values = {**TRAINING_DEFAULTS, "use_cpu": not _has_accelerator(), **given}
@@ -471,7 +473,6 @@ def _training_error(err: BaseException, given: dict[str, Any], keys: Any = None)
     """transformers' (or torch's) own error, naming the recipe keys it is about: the given
     ``keys`` (default: all given ones) that the message names, else whose value it quotes,
     else all of them; with a "did you mean" where it lists the choices."""
-    import re
 
     # A KeyError's str() is the repr of its key.
     text = str(err.args[0] if isinstance(err, KeyError) and err.args else err).strip()
@@ -537,7 +538,6 @@ def _check_training(args: Any, given: dict[str, Any], peft_method: str) -> None:
     """The one place for what transformers does not check at construction: refuse here what
     torch or the Trainer would reject only after the model has loaded, and what this trainer
     needs. ``args`` is the built config; messages name the recipe's ``training`` keys."""
-    import math
 
     def bad(key: str, accepted: str) -> ConfigError:
         return ConfigError(f"training.{key}={given[key]!r} is not accepted; it must be {accepted}.")
@@ -654,7 +654,7 @@ def _validate_task(recipe: Recipe, *, check_sources: bool) -> None:
     """``data.task`` is registered (read now: plugin tasks count), the ``data`` keys that only
     some tasks take keep their defaults elsewhere, and (``check_sources``) the task accepts
     its config and options: no model or dataset is read, only paths are looked at."""
-    from .data import TASKS, get_task, get_task_class
+    from .data import TASKS, get_task, get_task_class  # lazy: datasets, loaded only to check a task
 
     data = recipe.data
     try:

@@ -20,6 +20,7 @@ record is one fsynced line, so a crash leaves at most a torn last line, which re
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -113,7 +114,6 @@ def write_snapshot(
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
-    import io
 
     bio = io.BytesIO()
     np.save(bio, arr, allow_pickle=False)

@@ -264,6 +264,7 @@ class TopologicalLossMixin:
             ConfigError: no ``repo_id`` and no ``args.hub_model_id``.
             HubError: see :func:`hf_tsprompt.hub.push_to_hub`.
         """
+        # lazy: as in create_model_card, training never loads the card's or the Hub's modules
         from .cards import base_model_id
         from .hub import push_to_hub as push_run
 

@@ -243,7 +243,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], num_cols: int =
 
 def _load_explain(run: _Run, vocabs: dict[Any, Any]) -> None:
     """Reuse a fresh ``explain.json``, else compute the explanation (never fails the report)."""
-    from ..explain import (
+    from ..explain import (  # lazy: explaining loads the base model's embeddings
         EXPLAIN_JSON,
         _base_model_ref,
         _run_method,
@@ -275,7 +275,7 @@ def _load_explain(run: _Run, vocabs: dict[Any, Any]) -> None:
 
 
 def _explain_html(run: _Run) -> str:
-    from ..explain import neighbour_text
+    from ..explain import neighbour_text  # lazy: as in _load_explain
 
     res = run.explain
     if res is None:
