@@ -325,3 +325,27 @@ def test_timed_records_every_outcome(tmp_path, capsys):
         assert "load_avg_1m" in record["load"] and record["versions"]["torch"]
     with pytest.raises(SystemExit):
         timed.main(["--name", "nothing", "--out", str(out)])
+
+
+def test_lean_core_sizes_and_imports_are_measured_not_guessed(tmp_path):
+    """bench/lean_core.py: a distribution's size is the sum of its RECORD's files (checked by
+    walking them here), a version other than the installed one is not measured, and an import
+    is timed in a fresh interpreter that reports which watched modules it loaded."""
+    import importlib.metadata
+
+    import lean_core  # bench/lean_core.py
+
+    dist = importlib.metadata.distribution("pyyaml")
+    walked = sum(
+        Path(str(dist.locate_file(f))).stat().st_size
+        for f in dist.files
+        if Path(str(dist.locate_file(f))).is_file()
+    )
+    assert lean_core.installed_size("pyyaml", dist.version) == walked > 0
+    assert lean_core.installed_size("pyyaml", "0.0.1") is None
+    assert lean_core.installed_size("no-such-distribution", "1.0") is None
+    (tmp_path / "probe.py").write_text("import scipy\n")
+    light = lean_core.time_import(tmp_path, "import json", repeats=2)
+    heavy = lean_core.time_import(tmp_path, "import probe", repeats=1)
+    assert light["loaded"] == [] and len(light["seconds"]) == 2 and light["min_s"] > 0
+    assert heavy["loaded"] == ["scipy"]
