@@ -62,7 +62,7 @@ from .metrics import (
     table_keys,
 )
 from .models import EMBEDDED_MODELS, hub_id_from_path, is_hub_id
-from .prompts import get_prompt_method, method_of, prompt_method_names
+from .prompts import DEFAULT_PROMPT_METHOD, get_prompt_method, method_of, prompt_method_names
 from .records import evolution_stats, read_records, snapshot_accuracy_set
 from .regularizers import DEFAULT_REGULARIZER, WEIGHT, get_regularizer
 from .runs import (
@@ -139,7 +139,7 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
     adapter_cfg = read_json_dict(find_adapter(run_dir) / ADAPTER_CONFIG_FILE)
     info = read_run(run_dir, strict=False)
     method = method_of(adapter_cfg, missing_ok=True)
-    info.setdefault("method", method.name if method is not None else "prompt_tuning")
+    info.setdefault("method", method.name if method is not None else DEFAULT_PROMPT_METHOD)
     info.setdefault("num_virtual_tokens", adapter_cfg.get("num_virtual_tokens"))
     info.setdefault("base_model", adapter_cfg.get("base_model_name_or_path"))
     info.setdefault("name", run_dir.resolve().name)
@@ -575,7 +575,7 @@ def build_model_card(
     run_dir = Path(run_dir)
     info = run_info(run_dir)
     recipe, _ = read_recipe_text(run_dir, strict=False)
-    method = info.get("method", "prompt_tuning")
+    method = info.get("method", DEFAULT_PROMPT_METHOD)
     method_name, method_tag = _method_card(method)
     base_id = base_model_id(run_dir, base_model)
     dataset_id = _dataset_id(info)

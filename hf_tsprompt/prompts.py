@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 __all__ = [
+    "DEFAULT_PROMPT_METHOD",
     "PROMPT_INITS",
     "PromptCapture",
     "PromptMethod",
@@ -62,6 +63,8 @@ __all__ = [
 ]
 
 PROMPT_INITS: tuple[str, ...] = ("normal", "random", "text", "sample_vocab")
+#: The method of a recipe that names none (and of an adapter whose method is unknown).
+DEFAULT_PROMPT_METHOD = "prompt_tuning"
 
 
 @dataclass(frozen=True)

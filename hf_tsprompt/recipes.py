@@ -51,9 +51,10 @@ from typing import Any
 
 import yaml
 
+from .embedded import DEFAULT_MODEL
 from .errors import ConfigError, MissingFileError
 from .models import is_hub_id
-from .prompts import PROMPT_INITS, prompt_method_names, prompt_methods
+from .prompts import DEFAULT_PROMPT_METHOD, PROMPT_INITS, prompt_method_names, prompt_methods
 from .regularizers import (
     DEFAULT_REGULARIZER,
     FIELD_PARAMS,
@@ -100,7 +101,7 @@ PAPER_TRAINING: dict[str, Any] = {
 class ModelSection:
     """The base causal LM."""
 
-    name_or_path: str = "smollm2-135m-instruct"
+    name_or_path: str = DEFAULT_MODEL
     """Hub id, local folder, or an embedded name (``smollm2-135m-instruct``, ``gemma-3-270m``)."""
     hub_id: str | None = None
     """The base model's Hub id (``org/name``), recorded in the adapter and on the card, for a
@@ -152,8 +153,9 @@ class DataSection:
 class PeftSection:
     """The prompt-learning method (see ``hf_tsprompt.prompts``)."""
 
-    method: str = "prompt_tuning"
-    """prompt_tuning | p_tuning | prefix_tuning | p_tuning_v2."""
+    method: str = DEFAULT_PROMPT_METHOD
+    """A registered prompt method: prompt_tuning | p_tuning | prefix_tuning | p_tuning_v2, or a
+    plugin's (``hf_tsprompt.prompts.register_prompt_method``)."""
     num_virtual_tokens: int = 20
     """n, the number of virtual tokens = points of the cloud."""
     init: str = "normal"
