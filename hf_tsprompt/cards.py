@@ -23,10 +23,12 @@ thing with the same numbers:
   settings table and captions say what ran: the regulariser and prompt method of the run's
   recipe (a run with regulariser ``none`` is a plain prompt-tuning run), epochs and steps from
   the trainer state, training and test accuracy each named. The snippets need transformers and
-  peft only. Without a ``repo_id`` the card's snippet loads the adapter by its path relative to
-  the card (``adapter``), so a run folder can be moved or shared without naming the machine it
-  was trained on. :func:`save_model_card` writes it into the run folder (the pipeline, ``hf-
-  tsprompt card`` and ``TopologicalPromptTrainer.create_model_card`` call it).
+  peft only, unless the installed peft decodes a prompt wrongly (:mod:`hf_tsprompt.generation`
+  checks): then they also call ``fix_generate``. Without a ``repo_id`` the card's snippet loads
+  the adapter by its path relative to the card (``adapter``), so a run folder can be moved or
+  shared without naming the machine it was trained on. :func:`save_model_card` writes it into
+  the run folder (the pipeline, ``hf-tsprompt card`` and
+  ``TopologicalPromptTrainer.create_model_card`` call it).
 - :func:`base_model_id` names the base model by its Hub id (``push --base-model``, the
   recipe's ``model.hub_id``, what the run recorded, an embedded model's id, an HF cache
   snapshot's repo id); never by a local folder's name or a snapshot's commit hash.
