@@ -41,6 +41,17 @@ def tiny_model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if anything loads a model: what it checks must fail (or pass) first."""
+    import hf_tsprompt.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the recipe and its data were checked")
+
+    monkeypatch.setattr(hf_tsprompt.models, "load_base_model", refuse)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -65,17 +65,6 @@ def _recipe(folder: Path, data: dict, model: str, **extra) -> Path:
     return path
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if the pipeline loads a model."""
-    import hf_tsprompt.models
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the data was checked")
-
-    monkeypatch.setattr(hf_tsprompt.models, "load_base_model", refuse)
-
-
 @pytest.mark.parametrize(
     "data,message",
     [

@@ -306,17 +306,6 @@ def test_base_chains_and_variant_errors(tmp_path):
 # --- issue 27: one schema (the training section is the trainer's config) ---------------------
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if anything loads a model."""
-    import hf_tsprompt.models
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded while the recipe was checked")
-
-    monkeypatch.setattr(hf_tsprompt.models, "load_base_model", refuse)
-
-
 @pytest.mark.parametrize(
     "training,match",
     [
