@@ -123,7 +123,7 @@ def measure(project: Path, extras: str, repeats: int) -> dict[str, Any]:
         "installed_mb": round(sum(measured.values()) / 2**20, 1),
         "torch_mb": round((sizes.get("torch") or 0) / 2**20, 1),
         "without_torch_mb": round(sum(v for k, v in measured.items() if k != "torch") / 2**20, 1),
-        "unmeasured": sorted(f"{n}=={v}" for n, v in dists if sizes[(n)] is None),
+        "unmeasured": sorted(f"{n}=={v}" for n, v in dists if sizes[n] is None),
         "imports": imports,
         "load": load.summary(),
     }

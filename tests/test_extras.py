@@ -19,7 +19,6 @@ import pytest
 import tomllib
 from packaging.requirements import Requirement
 
-import hf_tsprompt
 from hf_tsprompt.errors import MissingDependencyError
 from hf_tsprompt.extras import EXTRAS, missing_modules, require_extra
 
@@ -100,7 +99,10 @@ def test_without_the_extras_the_core_imports_and_the_rest_names_its_extra(tmp_pa
     assert "Traceback" not in proc.stderr
 
 
-def test_the_error_is_an_import_error_users_can_catch():
-    err = MissingDependencyError("x")
-    assert isinstance(err, ImportError)
-    assert hf_tsprompt.extras.EXTRAS["viz"].purpose  # the message's middle part
+def test_the_error_is_an_import_error_users_can_catch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed, in this process
+    assert missing_modules("embedded") == ["gguf"]
+    with pytest.raises(ImportError, match=r"pip install 'hf-tsprompt\[embedded\]'") as info:
+        require_extra("embedded", "this test")
+    assert isinstance(info.value, MissingDependencyError)
+    assert "this test needs the [embedded] extra" in str(info.value)
